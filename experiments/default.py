@@ -1,0 +1,82 @@
+"""Default configuration: every field jaxseg reads, documented.
+
+Recipes in this folder import this module and override a few fields. Run with
+  jaxseg train --config experiments/<recipe>.py --workdir DIR [--config.train.batch_size=8 ...]
+The returned ConfigDict is locked: a misspelt override fails with the field's name.
+"""
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0  # Seeds parameter init, dropout and every data augmentation.
+
+  # ---------------------------------------------------------------- model
+  config.model = ml_collections.ConfigDict()
+  config.model.name = 'fcn8s'  # fcn32s | fcn16s | fcn8s | deconvnet | pspnet50 | pspnet101
+  config.model.width = 1.0  # Channel-width multiplier (< 1 for tests and CPU demos).
+  config.model.geometry = 'same'  # FCN only: 'caffe' (pad 100 + offset crops, as the paper) | 'same'.
+  config.model.dtype = 'float32'  # Compute dtype: float32 on CPU, bfloat16 on GPU/TPU. Params stay float32.
+  config.model.sync_bn = True  # Cross-replica BatchNorm over the 'data' mesh axis (False: per-device).
+  config.model.dropout_rate = -1.0  # < 0: the paper's value for the model.
+  config.model.init_from = ''  # Converted (.npz) or raw torchvision (.pth) backbone weights; '' = random.
+
+  # ---------------------------------------------------------------- data
+  config.data = ml_collections.ConfigDict()
+  config.data.dataset = 'voc2012_segmentation'  # TFDS builder name (registered by jaxseg.data).
+  config.data.train_split = 'train_aug'
+  config.data.eval_split = 'val'
+  config.data.data_dir = ''  # TFDS data_dir; '' = TFDS default (~/tensorflow_datasets).
+  config.data.manual_dir = ''  # Folder holding already downloaded/extracted sources.
+  config.data.num_classes = 21
+  config.data.ignore_label = 255
+  config.data.normalization = 'imagenet'  # 'imagenet' (RGB mean/std) | 'caffe' (BGR, mean only, 0-255).
+  config.data.crop_size = (320, 320)  # Train crop (H, W): static shape.
+  config.data.eval_size = (512, 512)  # Every eval image padded to this (H, W) with label 255.
+  config.data.scale_range = (0.5, 2.0)  # Random rescale factor range; (1.0, 1.0) disables.
+  config.data.hflip = True
+  config.data.rotate_degrees = 0.0  # PSPNet: 10.
+  config.data.blur_prob = 0.0  # PSPNet: 0.5 (Gaussian blur).
+  config.data.photometric = False  # Brightness/contrast/saturation jitter.
+  config.data.shuffle_buffer = 1024
+  config.data.prefetch = 2  # Batches prefetched to the devices.
+  config.data.num_parallel_calls = -1  # tf.data parallelism; -1 = AUTOTUNE.
+
+  # ---------------------------------------------------------------- loss
+  config.loss = ml_collections.ConfigDict()
+  config.loss.normalize = True  # Mean over valid pixels; False = FCN's unnormalised sum.
+  config.loss.aux_weight = 0.4  # Weight of PSPNet's auxiliary loss (ignored by models without one).
+  config.loss.class_weights = ()  # Empty = uniform; else one weight per class.
+
+  # ---------------------------------------------------------------- optimiser
+  config.optim = ml_collections.ConfigDict()
+  config.optim.name = 'sgd'  # sgd | adam | adamw
+  config.optim.learning_rate = 0.01
+  config.optim.momentum = 0.9
+  config.optim.nesterov = False
+  config.optim.weight_decay = 1e-4
+  config.optim.schedule = 'poly'  # poly | constant | cosine
+  config.optim.poly_power = 0.9
+  config.optim.warmup_steps = 0
+  config.optim.head_lr_mult = 1.0  # LR multiplier for layers not in the pretrained backbone (PSPNet: 10).
+  config.optim.grad_clip_norm = 0.0  # 0 = no clipping.
+
+  # ---------------------------------------------------------------- training loop
+  config.train = ml_collections.ConfigDict()
+  config.train.batch_size = 16  # Global batch, divisible by the total device count.
+  config.train.num_steps = 30000
+  config.train.log_every = 50
+  config.train.eval_every = 2000  # 0 = only at the end.
+  config.train.checkpoint_every = 1000
+  config.train.keep_checkpoints = 3  # Last N kept, plus the best by mean IoU.
+
+  # ---------------------------------------------------------------- evaluation
+  config.eval = ml_collections.ConfigDict()
+  config.eval.batch_size = 8  # Global eval batch; the last batch is padded, never dropped.
+  config.eval.mode = 'whole'  # whole | slide | multiscale
+  config.eval.crop_size = (473, 473)  # Slide window size.
+  config.eval.stride = (316, 316)  # Slide window stride (PSPNet: 2/3 of the crop).
+  config.eval.scales = (1.0,)  # Multi-scale factors (PSPNet: 0.5, 0.75, 1.0, 1.25, 1.5, 1.75).
+  config.eval.flip = False  # Average with the horizontally flipped prediction.
+  config.eval.num_examples = -1  # < 0: the whole split.
+  return config
