@@ -1,0 +1,317 @@
+"""The `jaxseg` command: train, eval, predict, demo, plus plug-in subcommands.
+
+  jaxseg train   --config experiments/fcn8s_voc.py --workdir DIR [--config.train.batch_size=8]
+  jaxseg eval    --workdir DIR [--split val] [--checkpoint best|latest|STEP]
+  jaxseg predict --workdir DIR --input IMAGES_OR_FOLDERS... --output OUT
+  jaxseg demo    [--workdir workdirs/demo]
+
+`--config.a.b=value` overrides any field of experiments/default.py, parsed with the field's type
+(`--config.data.crop_size=256,256`, `--config.model.sync_bn=false`); a misspelt field fails
+with its name. Other modules add subcommands through `register(subparsers)` (see PLUGINS); a
+handler is stored as `func` in the parser defaults and called as `func(args)`.
+
+Bad input (missing file, unknown field, ...) prints one line `jaxseg: error: ...` and exits 2;
+`--traceback` shows the Python traceback instead.
+"""
+from collections.abc import Sequence
+import argparse
+import importlib
+import json
+import logging
+import os
+import pathlib
+import sys
+import time
+from typing import Any
+
+from jaxseg import config_loading
+
+PLUGINS = ('weights', 'visualize', 'benchmark')  # jaxseg.<name>.register(subparsers), if present.
+USAGE_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
+                PermissionError)
+DEMO_PREDICTIONS = 4
+
+
+# ---------------------------------------------------------------- shared steps
+def _load_train_config(args: argparse.Namespace):
+  """--config file (or the workdir's config.json when resuming) plus overrides, locked."""
+  if args.config:
+    config = config_loading.load_config(args.config)
+  else:
+    saved = pathlib.Path(args.workdir) / 'config.json'
+    if not saved.is_file():
+      raise ValueError(f'no --config given and {saved} does not exist: pass --config '
+                       'experiments/<recipe>.py (or resume a workdir that has a config.json)')
+    config = config_loading.from_json_file(saved)
+  return config_loading.apply_overrides(config, args.config_overrides)
+
+
+def _torch_before_tensorflow(config) -> None:
+  """torchvision must be imported before TF in one process; .pth weights need torch."""
+  if str(config.model.init_from).endswith('.pth'):
+    try:
+      import torchvision  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+    except ImportError:
+      pass
+
+
+def _restore(workdir: str, which: str, overrides: Sequence[tuple[str, str]]):
+  """(config, model, variables, step, mesh) of a trained workdir's best/latest checkpoint."""
+  from jaxseg import checkpoint, parallel, train  # pylint: disable=g-import-not-at-top
+  if not pathlib.Path(workdir).is_dir():
+    raise FileNotFoundError(f'workdir {workdir} does not exist')
+  mesh = parallel.create_mesh()
+  variables, saved_config, step = checkpoint.load_for_inference(workdir, mesh, which)
+  config = config_loading.from_dict(saved_config.to_dict())
+  config = config_loading.apply_overrides(config, overrides)
+  model = train.build_model(config)
+  return config, model, variables, step, mesh
+
+
+def _checkpoint_arg(value: str) -> str | int:
+  if value in ('best', 'latest'):
+    return value
+  try:
+    return int(value)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f'{value!r}: use best, latest or a step number') from None
+
+
+def _print_results(results: dict[str, Any], header: str) -> None:
+  from jaxseg import metrics  # pylint: disable=g-import-not-at-top
+  print(header)
+  print(metrics.format_table(results, results.get('class_names')))
+
+
+# ---------------------------------------------------------------- commands
+def cmd_train(args: argparse.Namespace) -> int:
+  from jaxseg import train  # pylint: disable=g-import-not-at-top
+  config = _load_train_config(args)
+  _torch_before_tensorflow(config)
+  final = train.train_and_evaluate(config, args.workdir,
+                                   allow_config_change=args.allow_config_change)
+  summary = ', '.join(f'{k} {v:.4f}' for k, v in final.items()
+                      if isinstance(v, float) and k != 'step')
+  print(f'trained to step {final.get("step")} in {args.workdir}: {summary}')
+  return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+  from jaxseg import evaluate  # pylint: disable=g-import-not-at-top
+  config, model, variables, step, mesh = _restore(args.workdir, args.checkpoint,
+                                                  args.config_overrides)
+  split = args.split or config.data.eval_split
+  start = time.perf_counter()
+  results = evaluate.evaluate(config, model, variables, mesh, split, workdir=args.workdir,
+                              step=step, progress=True)
+  seconds = time.perf_counter() - start
+  _print_results(results, f'{config.model.name} step {step} on {config.data.dataset} {split} '
+                 f'({results["num_images"]} images, eval.mode={config.eval.mode}, '
+                 f'{seconds:.1f} s):')
+  print(f'wrote {evaluate.results_path(args.workdir, split, step)}')
+  return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+  from jaxseg import predict  # pylint: disable=g-import-not-at-top
+  config, model, variables, step, _ = _restore(args.workdir, args.checkpoint,
+                                               args.config_overrides)
+  predictor = predict.predictor_from_config(config, model, variables, bucket=args.bucket)
+  print(f'{config.model.name} step {step}, eval.mode={config.eval.mode}')
+  report = predict.predict_files(predictor, args.input, args.output, predict.palette_of(config))
+  return 1 if report['failed'] else 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+  """Train experiments/demo.py on the embedded dataset, evaluate, predict a few val images."""
+  from jaxseg import checkpoint, evaluate, parallel, predict, train  # pylint: disable=g-import-not-at-top
+  start = time.perf_counter()
+  demo_path = config_loading.experiments_dir() / 'demo.py'
+  config = config_loading.apply_overrides(config_loading.load_config(demo_path),
+                                          args.config_overrides)
+  workdir = pathlib.Path(args.workdir)
+  print(f'jaxseg demo: {config.model.name} (width {config.model.width}) on '
+        f'{config.data.dataset}, {config.train.num_steps} steps, workdir {workdir}', flush=True)
+  train.train_and_evaluate(config, workdir, allow_config_change=args.allow_config_change)
+  trained = time.perf_counter()
+
+  mesh = parallel.create_mesh()
+  variables, _, step = checkpoint.load_for_inference(workdir, mesh, 'latest')
+  model = train.build_model(config)
+  saved = evaluate.results_path(workdir, config.data.eval_split, step)
+  if saved.is_file():  # The trainer's final evaluation of this very step.
+    results = json.loads(saved.read_text())
+  else:
+    results = evaluate.evaluate(config, model, variables, mesh, workdir=workdir, step=step)
+  results = _nan_for_none(results)
+  _print_results(results, f'{config.data.dataset} {results["split"]} after {step} steps '
+                 f'({results["num_images"]} images):')
+
+  predictor = predict.predictor_from_config(config, model, variables)
+  written = _demo_predictions(config, predictor, workdir / 'predictions', args.num_predictions)
+  total = time.perf_counter() - start
+  print(f'predictions for {len(written)} {results["split"]} images in {workdir / "predictions"}')
+  print(f'demo mean IoU {100 * results["mean_iou"]:.2f}% (predicting background everywhere: '
+        f'{100 * _background_only_miou(results["confusion_matrix"]):.2f}%); wall time '
+        f'{total:.0f} s (training incl. data generation and compilation {trained - start:.0f} s)')
+  return 0
+
+
+def _nan_for_none(results: dict[str, Any]) -> dict[str, Any]:
+  """Undo JSON's null-for-NaN in the score fields."""
+  out = dict(results)
+  for key in ('pixel_accuracy', 'mean_accuracy', 'mean_iou', 'fw_iou'):
+    out[key] = float('nan') if out.get(key) is None else out[key]
+  for key in ('per_class_iou', 'per_class_accuracy'):
+    if key in out:
+      out[key] = [float('nan') if v is None else v for v in out[key]]
+  return out
+
+
+def _background_only_miou(confusion: Any) -> float:
+  """Mean IoU of the trivial prediction 'class 0 everywhere': the floor a model must beat."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from jaxseg import metrics  # pylint: disable=g-import-not-at-top
+  truth = np.asarray(confusion).sum(1)
+  trivial = np.zeros((len(truth), len(truth)))
+  trivial[:, 0] = truth
+  return metrics.scores_from_confusion(trivial)['mean_iou']
+
+
+def _demo_predictions(config, predictor, output: pathlib.Path, count: int) -> list[str]:
+  """Label, overlay and ground-truth PNGs for the first `count` images of the eval split."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import PIL.Image  # pylint: disable=g-import-not-at-top
+  from jaxseg import predict  # pylint: disable=g-import-not-at-top
+  from jaxseg.data import pipeline  # pylint: disable=g-import-not-at-top
+  builder = pipeline.load_builder(config)
+  palette = predict.palette_of(config)
+  output.mkdir(parents=True, exist_ok=True)
+  written = []
+  ds = builder.as_dataset(split=f'{config.data.eval_split}[:{count}]')
+  for example in ds.as_numpy_iterator():
+    name = example['id'].decode() if 'id' in example else str(len(written))
+    image = example['image']
+    label = predictor(image)
+    predict.save_label_png(output / f'{name}.png', label, palette)
+    PIL.Image.fromarray(predict.overlay(image, label, palette)).save(
+        output / f'{name}_overlay.png')
+    PIL.Image.fromarray(image).save(output / f'{name}_image.png')
+    truth = np.asarray(example['label'])
+    predict.save_label_png(output / f'{name}_truth.png', truth, palette)
+    written.append(name)
+  return written
+
+
+# ---------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+  common = argparse.ArgumentParser(add_help=False)
+  common.add_argument('--traceback', action='store_true',
+                      help='show the Python traceback of an error')
+  parser = argparse.ArgumentParser(
+      prog='jaxseg', description='FCN, DeconvNet and PSPNet semantic segmentation in JAX.',
+      epilog='Config overrides: --config.FIELD=VALUE for any field of experiments/default.py, '
+      'e.g. --config.train.batch_size=8 --config.data.crop_size=256,256')
+  sub = parser.add_subparsers(dest='command', metavar='COMMAND')
+  sub.required = True
+
+  p = sub.add_parser('train', parents=[common], help='train a model (resumes from the workdir)')
+  p.add_argument('--config', help='experiment file defining get_config(), e.g. '
+                 'experiments/fcn8s_voc.py (default: the workdir\'s config.json)')
+  p.add_argument('--workdir', required=True, help='checkpoints, logs and results go here')
+  p.add_argument('--allow_config_change', '--allow-config-change', action='store_true',
+                 help='resume a workdir even if its model/data config differs')
+  p.set_defaults(func=cmd_train)
+
+  p = sub.add_parser('eval', parents=[common], help='evaluate a trained workdir')
+  p.add_argument('--workdir', required=True)
+  p.add_argument('--split', help='dataset split (default: config.data.eval_split)')
+  p.add_argument('--checkpoint', type=_checkpoint_arg, default='best',
+                 help='best (by eval mean IoU; latest if none evaluated), latest or a step')
+  p.set_defaults(func=cmd_eval)
+
+  p = sub.add_parser('predict', parents=[common], help='segment image files')
+  p.add_argument('--workdir', required=True)
+  p.add_argument('--input', required=True, nargs='+', help='image files or folders of images')
+  p.add_argument('--output', required=True, help='folder for <name>.png and <name>_overlay.png')
+  p.add_argument('--checkpoint', type=_checkpoint_arg, default='best')
+  p.add_argument('--bucket', type=int, default=64,
+                 help='pad images to multiples of this (fewer recompilations)')
+  p.set_defaults(func=cmd_predict)
+
+  p = sub.add_parser('demo', parents=[common],
+                     help='train + evaluate experiments/demo.py on the embedded dataset (CPU)')
+  p.add_argument('--workdir', default='workdirs/demo')
+  p.add_argument('--num_predictions', '--num-predictions', type=int, default=DEMO_PREDICTIONS)
+  p.add_argument('--allow_config_change', '--allow-config-change', action='store_true')
+  p.set_defaults(func=cmd_demo)
+
+  for name in PLUGINS:
+    _register_plugin(name, sub, common)
+  return parser
+
+
+def _register_plugin(name: str, sub: Any, common: argparse.ArgumentParser) -> None:
+  module_name = f'jaxseg.{name}'
+  try:
+    module = importlib.import_module(module_name)
+  except ModuleNotFoundError as e:
+    if e.name == module_name:  # Not part of this installation: no subcommand.
+      return
+    print(f'jaxseg: warning: {module_name} could not be imported ({e}); its subcommand is '
+          'unavailable', file=sys.stderr)
+    return
+  except Exception as e:  # pylint: disable=broad-except  A broken plug-in must not break the CLI.
+    print(f'jaxseg: warning: {module_name} failed to import ({type(e).__name__}: {e})',
+          file=sys.stderr)
+    return
+  register = getattr(module, 'register', None)
+  if register is None:
+    return
+  before = set(sub.choices)
+  register(sub)
+  for added in set(sub.choices) - before:  # Give plug-in commands --traceback too.
+    sub.choices[added].add_argument('--traceback', action='store_true',
+                                    help='show the Python traceback of an error')
+
+
+def _setup_logging() -> None:
+  logging.basicConfig(level=logging.INFO, format='%(message)s')
+  for noisy in ('absl', 'jax', 'orbax', 'tensorflow', 'h5py', 'matplotlib'):
+    logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  os.environ.setdefault('NO_GCE_CHECK', 'true')
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  argv = list(sys.argv[1:] if argv is None else argv)
+  parser = build_parser()
+  try:
+    rest, overrides = config_loading.split_overrides(argv)
+  except ValueError as e:
+    parser.error(str(e))  # Exits 2.
+  args = parser.parse_args(rest)
+  args.config_overrides = overrides
+  if overrides and args.command not in ('train', 'eval', 'predict', 'demo'):
+    parser.error(f'{args.command} takes no --config.* overrides')
+  _setup_logging()
+  try:
+    return int(args.func(args) or 0)
+  except KeyboardInterrupt:
+    print('jaxseg: interrupted', file=sys.stderr)
+    return 130
+  except FloatingPointError as e:  # train.NonFiniteLossError: a training failure, not a usage one.
+    if args.traceback:
+      raise
+    print(f'jaxseg {args.command}: {e}', file=sys.stderr)
+    return 1
+  except USAGE_ERRORS as e:
+    if args.traceback:
+      raise
+    message = str(e).splitlines()[0] if str(e) else type(e).__name__
+    print(f'jaxseg: error: {message}  (--traceback for details)', file=sys.stderr)
+    return 2
+
+
+if __name__ == '__main__':
+  sys.exit(main())

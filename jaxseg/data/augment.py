@@ -1,0 +1,188 @@
+"""Joint image/mask augmentation ops for the tf.data input pipeline.
+
+Every op takes one example — `image` float32 (H, W, 3) and `label` int32 (H, W) — and, when random,
+an explicit stateless seed (a shape-[2] integer tensor): the same seed gives the same result, eagerly
+or inside `tf.data`, in any order and on any thread. Geometric ops move image and mask together; the
+image is interpolated bilinearly, the mask by nearest neighbour, and the area they invent is filled
+with `image_fill` (the pipeline works on mean-centred images, so 0 = the dataset mean) and label
+`ignore_label` (255).
+
+Photometric ops expect RGB pixel values in [0, 255] and leave the mask alone; they follow
+mmsegmentation's PhotoMetricDistortion (brightness ±32, contrast ×[0.5, 1.5], saturation
+×[0.5, 1.5], hue ±18/180, each applied with probability 1/2). `gaussian_blur` is OpenCV's
+`GaussianBlur(img, (5, 5), 0)` as in PSPNet's training code (sigma 1.1, border reflect-101).
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import tensorflow as tf
+
+IGNORE_LABEL = 255
+
+
+def split_seed(seed: tf.Tensor, num: int) -> tf.Tensor:
+  """`num` independent stateless seeds, shape (num, 2), derived from `seed`."""
+  return tf.random.experimental.stateless_split(seed, num=num)
+
+
+def _uniform(seed: tf.Tensor, minval: float, maxval: float) -> tf.Tensor:
+  return tf.random.stateless_uniform([], seed=seed, minval=minval, maxval=maxval)
+
+
+def _coin(seed: tf.Tensor, prob: float) -> tf.Tensor:
+  """True with probability `prob`."""
+  return tf.random.stateless_uniform([], seed=seed) < prob
+
+
+# ---------------------------------------------------------------------------------------- geometry
+def resize(image: tf.Tensor, label: tf.Tensor, size: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+  """Resizes to `size` (h, w): image bilinear, mask nearest neighbour (half-pixel centres both)."""
+  image = tf.image.resize(image, size, method='bilinear')
+  label = tf.image.resize(label[..., None], size, method='nearest')[..., 0]
+  return image, label
+
+
+def random_scale(image: tf.Tensor, label: tf.Tensor, seed: tf.Tensor,
+                 scale_range: Sequence[float]) -> tuple[tf.Tensor, tf.Tensor]:
+  """Rescales both by one factor drawn uniformly from `scale_range` (sizes rounded, at least 1)."""
+  lo, hi = float(scale_range[0]), float(scale_range[1])
+  scale = _uniform(seed, lo, hi) if hi > lo else tf.constant(lo)
+  hw = tf.cast(tf.shape(label), tf.float32)
+  size = tf.maximum(tf.cast(tf.round(hw * scale), tf.int32), 1)
+  return resize(image, label, size)
+
+
+def rotate(image: tf.Tensor, label: tf.Tensor, degrees: tf.Tensor, image_fill: float = 0.,
+           ignore_label: int = IGNORE_LABEL) -> tuple[tf.Tensor, tf.Tensor]:
+  """Rotates both by `degrees` (counter-clockwise) about the image centre, keeping the size."""
+  theta = tf.cast(degrees, tf.float32) * (math.pi / 180.)
+  h, w = tf.unstack(tf.cast(tf.shape(label), tf.float32))
+  cy, cx = (h - 1.) / 2., (w - 1.) / 2.
+  cos, sin = tf.cos(theta), tf.sin(theta)
+  # Output pixel (x, y) samples the input at R(-theta) about the centre (x right, y down).
+  transform = tf.stack([cos, -sin, cx - cos * cx + sin * cy,
+                        sin, cos, cy - sin * cx - cos * cy, 0., 0.])[None]
+  out_shape = tf.shape(label)
+
+  def warp(x, interpolation, fill):
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=x[None], transforms=transform, output_shape=out_shape,
+        fill_value=tf.cast(fill, tf.float32), interpolation=interpolation,
+        fill_mode='CONSTANT')[0]
+
+  image = warp(image, 'BILINEAR', image_fill)
+  label_f = warp(tf.cast(label[..., None], tf.float32), 'NEAREST', ignore_label)
+  return image, tf.cast(label_f[..., 0], label.dtype)
+
+
+def random_rotate(image: tf.Tensor, label: tf.Tensor, seed: tf.Tensor, max_degrees: float,
+                  image_fill: float = 0., ignore_label: int = IGNORE_LABEL
+                  ) -> tuple[tf.Tensor, tf.Tensor]:
+  """Rotates both by an angle drawn uniformly from [-max_degrees, max_degrees]."""
+  degrees = _uniform(seed, -float(max_degrees), float(max_degrees))
+  return rotate(image, label, degrees, image_fill, ignore_label)
+
+
+def pad_to_size(image: tf.Tensor, label: tf.Tensor, size: Sequence[int] | tf.Tensor,
+                image_fill: float = 0., ignore_label: int = IGNORE_LABEL
+                ) -> tuple[tf.Tensor, tf.Tensor]:
+  """Pads bottom/right up to at least `size` (h, w); larger sides are left as they are."""
+  shape = tf.shape(label)
+  pad_h = tf.maximum(size[0] - shape[0], 0)
+  pad_w = tf.maximum(size[1] - shape[1], 0)
+  paddings = [[0, pad_h], [0, pad_w]]
+  image = tf.pad(image, paddings + [[0, 0]], constant_values=image_fill)
+  label = tf.pad(label, paddings, constant_values=tf.cast(ignore_label, label.dtype))
+  return image, label
+
+
+def crop(image: tf.Tensor, label: tf.Tensor, top: tf.Tensor, left: tf.Tensor,
+         size: Sequence[int]) -> tuple[tf.Tensor, tf.Tensor]:
+  """The (h, w) = `size` window at (top, left) of both; static output shape."""
+  h, w = int(size[0]), int(size[1])
+  image = tf.ensure_shape(image[top:top + h, left:left + w], (h, w, 3))
+  label = tf.ensure_shape(label[top:top + h, left:left + w], (h, w))
+  return image, label
+
+
+def random_crop(image: tf.Tensor, label: tf.Tensor, seed: tf.Tensor, size: Sequence[int],
+                image_fill: float = 0., ignore_label: int = IGNORE_LABEL
+                ) -> tuple[tf.Tensor, tf.Tensor]:
+  """Pads (bottom/right) to at least `size`, then crops a uniformly placed `size` window."""
+  image, label = pad_to_size(image, label, size, image_fill, ignore_label)
+  shape = tf.shape(label)
+  seeds = split_seed(seed, 2)
+  top = tf.random.stateless_uniform([], seeds[0], 0, shape[0] - size[0] + 1, dtype=tf.int32)
+  left = tf.random.stateless_uniform([], seeds[1], 0, shape[1] - size[1] + 1, dtype=tf.int32)
+  return crop(image, label, top, left, size)
+
+
+def hflip(image: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+  return tf.reverse(image, [1]), tf.reverse(label, [1])
+
+
+def random_hflip(image: tf.Tensor, label: tf.Tensor, seed: tf.Tensor
+                 ) -> tuple[tf.Tensor, tf.Tensor]:
+  """Flips both left-right with probability 1/2."""
+  return tf.cond(_coin(seed, 0.5), lambda: hflip(image, label), lambda: (image, label))
+
+
+# ------------------------------------------------------------------------------- image-only ops
+def gaussian_kernel(size: int = 5, sigma: float = 0.) -> tf.Tensor:
+  """Normalised 1-D Gaussian; sigma <= 0 picks OpenCV's default 0.3 * ((size - 1) / 2 - 1) + 0.8."""
+  if sigma <= 0:
+    sigma = 0.3 * ((size - 1) * 0.5 - 1) + 0.8
+  x = tf.range(size, dtype=tf.float32) - (size - 1) / 2.
+  k = tf.exp(-x * x / (2. * sigma * sigma))
+  return k / tf.reduce_sum(k)
+
+
+def gaussian_blur(image: tf.Tensor, size: int = 5, sigma: float = 0.) -> tf.Tensor:
+  """Separable Gaussian blur of an (H, W, C) image with reflect-101 borders (OpenCV's default)."""
+  k = gaussian_kernel(size, sigma)
+  r = size // 2
+  channels = image.shape[-1] or 3
+  x = tf.pad(image[None], [[0, 0], [r, r], [r, r], [0, 0]], mode='REFLECT')
+  kh = tf.tile(tf.reshape(k, (size, 1, 1, 1)), [1, 1, channels, 1])
+  kw = tf.tile(tf.reshape(k, (1, size, 1, 1)), [1, 1, channels, 1])
+  x = tf.nn.depthwise_conv2d(x, kh, [1, 1, 1, 1], 'VALID')
+  x = tf.nn.depthwise_conv2d(x, kw, [1, 1, 1, 1], 'VALID')
+  return x[0]
+
+
+def random_gaussian_blur(image: tf.Tensor, seed: tf.Tensor, prob: float, size: int = 5
+                         ) -> tf.Tensor:
+  """Blurs with probability `prob`."""
+  return tf.cond(_coin(seed, prob), lambda: gaussian_blur(image, size), lambda: image)
+
+
+def adjust_brightness(image: tf.Tensor, delta: tf.Tensor) -> tf.Tensor:
+  return tf.clip_by_value(image + delta, 0., 255.)
+
+
+def adjust_contrast(image: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
+  """mmsegmentation's contrast: a plain multiplication, clipped."""
+  return tf.clip_by_value(image * factor, 0., 255.)
+
+
+def adjust_saturation(image: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
+  """Scales HSV saturation (clipped to [0, 1])."""
+  return tf.clip_by_value(tf.image.adjust_saturation(image / 255., factor) * 255., 0., 255.)
+
+
+def adjust_hue(image: tf.Tensor, delta: tf.Tensor) -> tf.Tensor:
+  """Rotates HSV hue by `delta` turns (in [-1, 1])."""
+  return tf.clip_by_value(tf.image.adjust_hue(image / 255., delta) * 255., 0., 255.)
+
+
+def random_photometric(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+  """Brightness, contrast, saturation and hue jitter, each with probability 1/2, on 0-255 RGB."""
+  s = split_seed(seed, 8)
+  ops = ((adjust_brightness, -32., 32.), (adjust_contrast, 0.5, 1.5),
+         (adjust_saturation, 0.5, 1.5), (adjust_hue, -0.1, 0.1))
+  for i, (op, lo, hi) in enumerate(ops):
+    amount = _uniform(s[2 * i + 1], lo, hi)
+    image = tf.cond(_coin(s[2 * i], 0.5), lambda op=op, a=amount: op(image, a), lambda: image)
+  return image

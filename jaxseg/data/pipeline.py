@@ -1,0 +1,455 @@
+"""tf.data input pipeline: TFDS examples -> augmented, normalised global batches over the 'data' axis.
+
+Train: each process reads its own even slice of `config.data.train_split`, shuffles it once per epoch
+with a seed derived from (config.seed, process, epoch), decodes, augments every example with a
+stateless seed derived from (config.seed, epoch, example index) and batches across epoch
+boundaries. The batch at step s is therefore a pure function of (config, process count, s), and
+`train_iterator(config, mesh, start_step)` skips whole epochs arithmetically and only the records
+before `start_step` inside its epoch (still encoded: nothing is decoded while skipping).
+
+Eval: every image is padded bottom/right to `config.data.eval_size` (image with the mean, i.e. 0 after
+normalisation; label 255), keeps its original height/width, and the last batch is filled with
+all-ignore examples (valid=False) instead of being dropped; every process yields the same number of
+batches. 'id' stays a host-local numpy array (this process's rows of the global batch, in order).
+
+Images are centred on the mean pixel before any geometric op so every invented pixel is exactly 0
+after normalisation; see augment.py for the ops. TF is used for input only and never sees a GPU.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+import os
+from typing import Any, Iterable, Iterator, Sequence
+
+os.environ.setdefault('NO_GCE_CHECK', 'true')  # TFDS would otherwise probe GCE metadata.
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import ml_collections  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import tensorflow_datasets as tfds  # noqa: E402
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # noqa: E402
+
+from jaxseg.data import augment  # noqa: E402
+
+try:  # TF must leave accelerators to JAX.
+  tf.config.set_visible_devices([], 'GPU')
+except RuntimeError:  # Devices already initialised by someone else; nothing to hide then.
+  pass
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # RGB, on [0, 1].
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)  # BGR, on [0, 255] (the original FCN/VGG weights).
+NORMALIZATIONS = ('imagenet', 'caffe')
+IGNORE_LABEL = augment.IGNORE_LABEL
+
+
+# ----------------------------------------------------------------------------------- normalisation
+def _check_method(method: str) -> None:
+  if method not in NORMALIZATIONS:
+    raise ValueError(f'config.data.normalization={method!r} is unknown; use one of {NORMALIZATIONS}.')
+
+
+def mean_pixel(method: str) -> tuple[float, float, float]:
+  """The RGB pixel (0-255) that `normalize` maps to 0: padding and rotation fill use it."""
+  _check_method(method)
+  if method == 'imagenet':
+    return tuple(255. * m for m in IMAGENET_MEAN)
+  return tuple(reversed(CAFFE_BGR_MEAN))
+
+
+def _finish(centred: Any, method: str) -> Any:
+  """Mean-centred RGB (0-255 scale) -> the model's input convention."""
+  if method == 'imagenet':
+    return centred / np.asarray([255. * s for s in IMAGENET_STD], np.float32)
+  if isinstance(centred, tf.Tensor):
+    return tf.reverse(centred, [-1])
+  return centred[..., ::-1]
+
+
+def normalize(images: Any, method: str) -> Any:
+  """uint8 (or 0-255 float) RGB images (..., 3) -> float32 model input; tf in, tf out, else jnp.
+
+  'imagenet': (x / 255 - mean) / std per RGB channel. 'caffe': BGR order, x - CAFFE_BGR_MEAN, 0-255.
+  """
+  mean = np.asarray(mean_pixel(method), np.float32)
+  if isinstance(images, tf.Tensor):
+    return _finish(tf.cast(images, tf.float32) - mean, method)
+  return _finish(jnp.asarray(images, jnp.float32) - mean, method)
+
+
+def denormalize(images: Any, method: str) -> np.ndarray:
+  """Inverse of `normalize`: model input -> float RGB pixels on [0, 255] (numpy)."""
+  x = np.asarray(images, np.float32)
+  if method == 'imagenet':
+    x = x * np.asarray([255. * s for s in IMAGENET_STD], np.float32)
+  else:
+    _check_method(method)
+    x = x[..., ::-1]
+  return x + np.asarray(mean_pixel(method), np.float32)
+
+
+# ----------------------------------------------------------------------------------------- builder
+def load_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+  """The TFDS builder named by config.data.dataset, prepared on first use.
+
+  Reads from config.data.data_dir ('' = TFDS default); when the dataset is not prepared yet it is
+  built there, from config.data.manual_dir when given (already downloaded sources).
+  """
+  import jaxseg.data  # noqa: F401  Registers jaxseg's builders.
+  name = config.data.dataset
+  try:
+    builder = tfds.builder(name, data_dir=config.data.data_dir or None)
+  except tfds.core.DatasetNotFoundError as e:
+    raise ValueError(
+        f'config.data.dataset={name!r} is not a registered TFDS dataset; jaxseg provides '
+        "'voc2012_segmentation', 'camvid' and 'synthetic_shapes'.") from e
+  if not builder.is_prepared():
+    download_config = tfds.download.DownloadConfig(manual_dir=config.data.manual_dir or None)
+    builder.download_and_prepare(download_config=download_config)
+  missing = {'image', 'label'} - set(builder.info.features.keys())
+  if missing:
+    raise ValueError(f'config.data.dataset={name!r} has no feature(s) {sorted(missing)}; '
+                     'a segmentation dataset needs image, label (and id).')
+  return builder
+
+
+def _num_examples(builder: tfds.core.DatasetBuilder, split: Any, field: str) -> int:
+  try:
+    return builder.info.splits[split].num_examples
+  except (KeyError, ValueError, AssertionError) as e:
+    raise ValueError(f'{field}={split!r} is not a split of {builder.name} '
+                     f'(splits: {sorted(builder.info.splits.keys())}).') from e
+
+
+@dataclasses.dataclass(frozen=True)
+class _Slice:
+  split: Any  # What to pass to builder.as_dataset.
+  offset: int  # Index of its first example within the whole split.
+  size: int
+  max_size: int  # The largest slice of any process (eval pads every process up to it).
+
+
+def _process_slice(builder: tfds.core.DatasetBuilder, split: str, process_index: int,
+                   process_count: int, field: str) -> _Slice:
+  """This process's contiguous share of `split` (tfds.even_splits: sizes differ by at most one)."""
+  _num_examples(builder, split, field)
+  subsplits = tfds.even_splits(split, process_count)
+  sizes = [builder.info.splits[s].num_examples for s in subsplits]
+  return _Slice(subsplits[process_index], sum(sizes[:process_index]), sizes[process_index],
+                max(sizes))
+
+
+def _read(builder: tfds.core.DatasetBuilder, split: Any) -> tf.data.Dataset:
+  """Raw examples in a fixed order; image and label are still encoded (decoded by `_decode`)."""
+  decoders = {k: tfds.decode.SkipDecoding() for k in ('image', 'label')}
+  read_config = tfds.ReadConfig(try_autocache=False)
+  return builder.as_dataset(split=split, shuffle_files=False, decoders=decoders,
+                            read_config=read_config)
+
+
+def _decode(builder: tfds.core.DatasetBuilder, raw: dict) -> tuple[tf.Tensor, tf.Tensor]:
+  """Encoded example -> image float32 (H, W, 3) RGB 0-255, label int32 (H, W)."""
+  features = builder.info.features
+  image = tf.cast(features['image'].decode_example(raw['image']), tf.float32)
+  label = features['label'].decode_example(raw['label'])
+  if label.shape.rank == 3:  # A label stored as a one-channel image.
+    label = label[..., 0]
+  return tf.ensure_shape(image, (None, None, 3)), tf.cast(label, tf.int32)
+
+
+# ------------------------------------------------------------------------------------------- mesh
+@dataclasses.dataclass(frozen=True)
+class _Layout:
+  process_index: int  # This process's rank among the processes that own devices of the mesh.
+  process_count: int
+  local_batch_size: int
+
+
+def _layout(mesh: Mesh, global_batch_size: int, field: str) -> _Layout:
+  devices = list(mesh.devices.flat)
+  if global_batch_size <= 0 or global_batch_size % len(devices):
+    raise ValueError(f'{field}={global_batch_size} must be a positive multiple of the number of '
+                     f'devices ({len(devices)}): set {field} to e.g. '
+                     f'{max(1, global_batch_size // len(devices) + 1) * len(devices)}.')
+  processes = sorted({d.process_index for d in devices})
+  me = jax.process_index()
+  if me not in processes:
+    raise ValueError(f'process {me} owns no device of the mesh.')
+  local_devices = sum(d.process_index == me for d in devices)
+  return _Layout(processes.index(me), len(processes),
+                 global_batch_size // len(devices) * local_devices)
+
+
+def _to_global(local: dict[str, np.ndarray], sharding: NamedSharding, global_batch: int
+               ) -> dict[str, jax.Array]:
+  return {k: jax.make_array_from_process_local_data(sharding, v, (global_batch,) + v.shape[1:])
+          for k, v in local.items()}
+
+
+def _prefetch(it: Iterable[dict], size: int) -> Iterator[dict]:
+  """Keeps `size` batches in flight: device transfers are asynchronous, so this overlaps them."""
+  queue = collections.deque()
+  for item in it:
+    queue.append(item)
+    if len(queue) > size:
+      yield queue.popleft()
+  while queue:
+    yield queue.popleft()
+
+
+def _parallelism(config: ml_collections.ConfigDict) -> int:
+  n = int(config.data.num_parallel_calls)
+  return tf.data.AUTOTUNE if n < 0 else max(n, 1)
+
+
+def _options() -> tf.data.Options:
+  options = tf.data.Options()
+  options.deterministic = True  # Parallel maps keep their input order: batches are reproducible.
+  return options
+
+
+# ------------------------------------------------------------------------------------------ train
+@dataclasses.dataclass(frozen=True)
+class TrainAugment:
+  """The per-example train transform, read once from config.data."""
+  crop_size: tuple[int, int]
+  scale_range: tuple[float, float]
+  hflip: bool
+  rotate_degrees: float
+  blur_prob: float
+  photometric: bool
+  normalization: str
+  ignore_label: int = IGNORE_LABEL
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> 'TrainAugment':
+    d = config.data
+    crop = tuple(int(v) for v in d.crop_size)
+    if len(crop) != 2 or min(crop) <= 0:
+      raise ValueError(f'config.data.crop_size={tuple(d.crop_size)} must be two positive ints (H, W).')
+    scale = tuple(float(v) for v in d.scale_range)
+    if len(scale) != 2 or not 0 < scale[0] <= scale[1]:
+      raise ValueError(f'config.data.scale_range={tuple(d.scale_range)} must be (lo, hi) with '
+                       '0 < lo <= hi; (1.0, 1.0) disables scaling.')
+    if not 0 <= d.blur_prob <= 1:
+      raise ValueError(f'config.data.blur_prob={d.blur_prob} must lie in [0, 1].')
+    if d.rotate_degrees < 0:
+      raise ValueError(f'config.data.rotate_degrees={d.rotate_degrees} must be >= 0.')
+    _check_method(d.normalization)
+    return cls(crop, scale, bool(d.hflip), float(d.rotate_degrees), float(d.blur_prob),
+               bool(d.photometric), d.normalization, int(d.ignore_label))
+
+  def __call__(self, image: tf.Tensor, label: tf.Tensor, seed: tf.Tensor
+               ) -> tuple[tf.Tensor, tf.Tensor]:
+    """image float32 RGB 0-255 (H, W, 3), label int32 (H, W) -> normalised crop, label crop."""
+    seeds = augment.split_seed(seed, 6)
+    if self.photometric:
+      image = augment.random_photometric(image, seeds[0])
+    if self.blur_prob > 0:
+      image = augment.random_gaussian_blur(image, seeds[1], self.blur_prob)
+    image = image - np.asarray(mean_pixel(self.normalization), np.float32)  # Fill value is now 0.
+    if self.scale_range != (1., 1.):
+      image, label = augment.random_scale(image, label, seeds[2], self.scale_range)
+    if self.rotate_degrees > 0:
+      image, label = augment.random_rotate(image, label, seeds[3], self.rotate_degrees, 0.,
+                                           self.ignore_label)
+    image, label = augment.random_crop(image, label, seeds[4], self.crop_size, 0.,
+                                       self.ignore_label)
+    if self.hflip:
+      image, label = augment.random_hflip(image, label, seeds[5])
+    return _finish(image, self.normalization), label
+
+
+def _fold(seed: tf.Tensor, *data: Any) -> tf.Tensor:
+  for d in data:
+    seed = tf.random.experimental.stateless_fold_in(seed, tf.cast(d, tf.int64))
+  return seed
+
+
+def _train_dataset(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder, *,
+                   process_index: int, process_count: int, local_batch_size: int,
+                   start_step: int = 0) -> tf.data.Dataset:
+  """This process's infinite stream of local train batches from `start_step` on.
+
+  Batches hold 'image', 'label' and, for tests, 'index' (example index in the split) and 'epoch'.
+  """
+  if start_step < 0:
+    raise ValueError(f'start_step={start_step} must be >= 0.')
+  transform = TrainAugment.from_config(config)
+  part = _process_slice(builder, config.data.train_split, process_index, process_count,
+                        'config.data.train_split')
+  if part.size == 0:
+    raise ValueError(f'config.data.train_split={config.data.train_split!r} has too few examples '
+                     f'to give each of {process_count} processes one.')
+  epoch0, skip0 = divmod(start_step * local_batch_size, part.size)
+  buffer = max(1, min(int(config.data.shuffle_buffer), part.size))
+  shuffle_root = tf.constant([config.seed, 1 + process_index], tf.int64)
+  augment_root = tf.constant([config.seed, 0], tf.int64)
+  records = _read(builder, part.split).enumerate(start=part.offset)
+
+  def one_epoch(epoch):
+    shuffle_seed = tf.random.stateless_uniform(
+        [], _fold(shuffle_root, epoch), minval=0, maxval=2**31 - 1, dtype=tf.int64)
+    ds = records.shuffle(buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
+    ds = ds.skip(tf.where(epoch == epoch0, tf.constant(skip0, tf.int64), 0))
+    return ds.map(lambda index, raw: (epoch, index, raw))
+
+  def example(epoch, index, raw):
+    image, label = _decode(builder, raw)
+    image, label = transform(image, label, _fold(augment_root, epoch, index))
+    return {'image': image, 'label': label, 'index': index, 'epoch': epoch}
+
+  ds = tf.data.Dataset.counter(epoch0).flat_map(one_epoch)
+  ds = ds.map(example, num_parallel_calls=_parallelism(config))
+  ds = ds.batch(local_batch_size, drop_remainder=True)
+  return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
+
+
+def train_iterator(config: ml_collections.ConfigDict, mesh: Mesh, start_step: int = 0
+                   ) -> Iterator[dict[str, jax.Array]]:
+  """Infinite global train batches {'image' float32 (B, h, w, 3), 'label' int32 (B, h, w)}.
+
+  B = config.train.batch_size (global, sharded over mesh axis 'data'); (h, w) = config.data.crop_size.
+  The batch at step s depends only on the config and s: starting at `start_step` yields exactly
+  what an uninterrupted run yields from that step on.
+  """
+  layout = _layout(mesh, int(config.train.batch_size), 'config.train.batch_size')
+  builder = load_builder(config)
+  ds = _train_dataset(config, builder, process_index=layout.process_index,
+                      process_count=layout.process_count,
+                      local_batch_size=layout.local_batch_size, start_step=start_step)
+  ds = ds.map(lambda b: {'image': b['image'], 'label': b['label']})
+  sharding = NamedSharding(mesh, P('data'))
+  batches = (_to_global(b, sharding, int(config.train.batch_size)) for b in ds.as_numpy_iterator())
+  return _prefetch(batches, int(config.data.prefetch))
+
+
+# ------------------------------------------------------------------------------------------- eval
+def _eval_split(config: ml_collections.ConfigDict, split: str | None) -> tuple[str, str]:
+  """(split string to read, config field it came from), honouring config.eval.num_examples."""
+  field = 'config.data.eval_split' if split is None else 'split'
+  split = config.data.eval_split if split is None else split
+  n = int(config.eval.num_examples)
+  if n >= 0:
+    if '[' in split:
+      raise ValueError(f'config.eval.num_examples={n} cannot be combined with the sliced split '
+                       f'{split!r}; slice the split only, or set config.eval.num_examples=-1.')
+    split = f'{split}[:{n}]'
+  return split, field
+
+
+def num_eval_examples(config: ml_collections.ConfigDict, split: str | None = None) -> int:
+  """Real (unpadded) examples that eval_iterator(config, mesh, split) yields over all processes."""
+  split, field = _eval_split(config, split)
+  return _num_examples(load_builder(config), split, field)
+
+
+def _eval_size(config: ml_collections.ConfigDict) -> tuple[int, int]:
+  size = tuple(int(v) for v in config.data.eval_size)
+  if len(size) != 2 or min(size) <= 0:
+    raise ValueError(f'config.data.eval_size={tuple(config.data.eval_size)} must be two positive '
+                     'ints (H, W).')
+  return size
+
+
+def _eval_dataset(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder,
+                  split: Any, local_batch_size: int) -> tf.data.Dataset:
+  """This process's eval examples, padded to eval_size, in local batches (last one short)."""
+  height, width = _eval_size(config)
+  method = config.data.normalization
+  mean = np.asarray(mean_pixel(method), np.float32)
+  ignore = int(config.data.ignore_label)
+
+  def example(raw):
+    image, label = _decode(builder, raw)
+    h, w = tf.shape(label)[0], tf.shape(label)[1]
+    fits = tf.logical_and(h <= height, w <= width)
+
+    def pad():
+      return augment.pad_to_size(image - mean, label, (height, width), 0., ignore)
+
+    def blank():  # Only to keep shapes static; the host raises before anyone sees it.
+      return tf.zeros((height, width, 3)), tf.fill((height, width), ignore)
+
+    image_p, label_p = tf.cond(fits, pad, blank)
+    out = {'image': _finish(tf.ensure_shape(image_p, (height, width, 3)), method),
+           'label': tf.ensure_shape(label_p, (height, width)),
+           'valid': tf.constant(True), 'height': h, 'width': w, 'fits': fits}
+    out['id'] = raw['id'] if 'id' in raw else tf.strings.as_string(tf.constant(-1))
+    return out
+
+  ds = _read(builder, split)
+  ds = ds.map(example, num_parallel_calls=_parallelism(config))
+  ds = ds.batch(local_batch_size)
+  return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
+
+
+def _padded_eval_batches(ds: tf.data.Dataset, num_batches: int, local_batch_size: int,
+                         eval_size: Sequence[int], ignore_label: int, split: str
+                         ) -> Iterator[dict[str, np.ndarray]]:
+  """Local numpy batches of exactly `local_batch_size`, `num_batches` of them (padding appended)."""
+  height, width = eval_size
+  emitted = 0
+  for batch in ds.as_numpy_iterator():
+    bad = np.flatnonzero(~batch.pop('fits'))
+    if bad.size:
+      i = bad[0]
+      raise ValueError(
+          f'eval image {batch["id"][i].decode()!r} of split {split!r} is '
+          f'{batch["height"][i]}x{batch["width"][i]}, larger than config.data.eval_size='
+          f'{tuple(eval_size)}; raise config.data.eval_size to at least the largest image.')
+    yield _pad_rows(batch, local_batch_size, ignore_label)
+    emitted += 1
+  empty = {'image': np.zeros((0, height, width, 3), np.float32),
+           'label': np.zeros((0, height, width), np.int32), 'valid': np.zeros((0,), bool),
+           'height': np.zeros((0,), np.int32), 'width': np.zeros((0,), np.int32),
+           'id': np.zeros((0,), object)}
+  for _ in range(emitted, num_batches):
+    yield _pad_rows(empty, local_batch_size, ignore_label)
+
+
+def _pad_rows(batch: dict[str, np.ndarray], size: int, ignore_label: int) -> dict[str, np.ndarray]:
+  """Appends all-ignore examples (valid False, label 255, image 0 = mean) up to `size` rows."""
+  n = len(batch['valid'])
+  if n == size:
+    return batch
+  fill = {'label': ignore_label, 'id': b''}
+  out = {}
+  for k, v in batch.items():
+    pad = np.full((size - n,) + v.shape[1:], fill.get(k, 0), v.dtype)
+    out[k] = np.concatenate([v, pad])
+  return out
+
+
+def eval_iterator(config: ml_collections.ConfigDict, mesh: Mesh, split: str | None = None
+                  ) -> Iterator[dict[str, Any]]:
+  """Global eval batches over `split` (default config.data.eval_split), never dropping examples.
+
+  Yields {'image' float32 (B, H, W, 3), 'label' int32 (B, H, W) padded with 255, 'valid' bool (B,),
+  'height', 'width' int32 (B,)} as global arrays sharded over 'data', plus 'id': a host-local numpy
+  array (bytes) for this process's rows. B = config.eval.batch_size, (H, W) = config.data.eval_size.
+  """
+  layout = _layout(mesh, int(config.eval.batch_size), 'config.eval.batch_size')
+  builder = load_builder(config)
+  split, field = _eval_split(config, split)
+  part = _process_slice(builder, split, layout.process_index, layout.process_count, field)
+  local = layout.local_batch_size
+  ds = _eval_dataset(config, builder, part.split, local)
+  num_batches = math.ceil(part.max_size / local)
+  eval_size = _eval_size(config)
+  sharding = NamedSharding(mesh, P('data'))
+  global_batch = int(config.eval.batch_size)
+
+  def batches():
+    for b in _padded_eval_batches(ds, num_batches, local, eval_size,
+                                  int(config.data.ignore_label), split):
+      ids = b.pop('id')
+      out = _to_global(b, sharding, global_batch)
+      out['id'] = ids
+      yield out
+
+  return _prefetch(batches(), int(config.data.prefetch))

@@ -1,0 +1,189 @@
+"""ResNet-50/101 backbone in torchvision's layout, with dilation for dense prediction.
+
+The network is torchvision's `resnet50` / `resnet101` (Bottleneck v1.5: the stride sits on the
+3x3 conv, expansion 4) without the classifier: stem conv1 7x7/2 (pad 3) + bn1 + ReLU + max-pool
+3x3/2 (pad 1), then four stages of bottleneck blocks. `dilations` reproduces torchvision's
+`replace_stride_with_dilation`: a stage whose dilation doubles the previous one drops its stride
+and dilates its 3x3 convs instead, and — exactly as torchvision's `_make_layer` — the first block
+of such a stage still uses the *previous* dilation (it receives `previous_dilation`). PSPNet uses
+`dilations=(1, 1, 2, 4)`: output stride 8. Every 3x3 conv is a `jaxseg.ops.AtrousConv` with
+padding = dilation on both sides, as torch's `conv3x3(..., padding=dilation)`.
+
+Parameter names map one-to-one to torchvision's state_dict (see `torchvision_key_to_flax`):
+
+  torchvision key                          Flax collection / path (under the model's prefix)
+  conv1.weight               (O,I,H,W)     params      conv1/kernel            (H,W,I,O)
+  bn1.weight / bn1.bias                    params      bn1/scale, bn1/bias
+  bn1.running_mean / running_var           batch_stats bn1/mean, bn1/var
+  layer3.5.conv2.weight                    params      layer3_5/conv2/kernel
+  layer3.5.bn2.running_mean                batch_stats layer3_5/bn2/mean
+  layer1.0.downsample.0.weight             params      layer1_0/downsample_conv/kernel
+  layer1.0.downsample.1.{weight,bias}      params      layer1_0/downsample_bn/{scale,bias}
+  *.num_batches_tracked, fc.*              (not used)
+
+Inside PSPNet the backbone is the submodule 'backbone', so `layer3.5.bn2.running_mean` becomes
+batch_stats['backbone']['layer3_5']['bn2']['mean'].
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+# Blocks per stage of the torchvision models.
+STAGE_SIZES = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
+# Bottleneck planes per stage (the block outputs EXPANSION times as many channels).
+STAGE_PLANES = (64, 128, 256, 512)
+EXPANSION = 4
+STEM_FEATURES = 64
+BN_MOMENTUM = 0.9  # Flax convention: running = 0.9 * running + 0.1 * batch (torch momentum 0.1).
+BN_EPSILON = 1e-5
+
+# torchvision leaf names -> (Flax collection, Flax leaf name).
+_TORCH_LEAVES = {
+    'weight': None,  # 'kernel' for convs, 'scale' for batch norms; decided by the module name.
+    'bias': ('params', 'bias'),
+    'running_mean': ('batch_stats', 'mean'),
+    'running_var': ('batch_stats', 'var'),
+}
+_TORCH_MODULE = re.compile(
+    r'^(?:(?P<stem>conv1|bn1)|layer(?P<stage>[1-4])\.(?P<block>\d+)\.'
+    r'(?P<sub>conv[1-3]|bn[1-3]|downsample\.[01]))$')
+
+
+def scaled_channels(channels: int, width: float) -> int:
+  """Channels after the width multiplier (at least 1)."""
+  return max(1, int(round(channels * width)))
+
+
+def torchvision_key_to_flax(key: str) -> tuple[str, tuple[str, ...]] | None:
+  """Maps a torchvision ResNet state_dict key to (collection, path) in this module's variables.
+
+  Returns None for keys the backbone does not use (`fc.*`, `*.num_batches_tracked`). Conv
+  weights must additionally be transposed from torch's (O, I, H, W) to Flax's (H, W, I, O).
+  Raises ValueError for any other key (e.g. a non-ResNet checkpoint).
+  """
+  if key.startswith('fc.') or key.endswith('.num_batches_tracked'):
+    return None
+  module, _, leaf = key.rpartition('.')
+  match = _TORCH_MODULE.match(module)
+  if match is None or leaf not in _TORCH_LEAVES:
+    raise ValueError(f'{key!r} is not a torchvision ResNet state_dict key')
+  if match['stem']:
+    path = (match['stem'],)
+  else:
+    sub = match['sub'].replace('downsample.0', 'downsample_conv').replace(
+        'downsample.1', 'downsample_bn')
+    path = (f"layer{match['stage']}_{match['block']}", sub)
+  is_conv = 'conv' in path[-1]
+  if leaf == 'weight':
+    return ('params', path + ('kernel' if is_conv else 'scale',))
+  if is_conv:  # torchvision's ResNet convs have no bias and no running stats.
+    raise ValueError(f'{key!r}: torchvision ResNet convs have no {leaf!r}')
+  collection, name = _TORCH_LEAVES[leaf]
+  return (collection, path + (name,))
+
+
+def _batch_norm(train: bool, sync_bn_axis: str | None, dtype: Any, name: str, **kwargs):
+  return nn.BatchNorm(use_running_average=not train, axis_name=sync_bn_axis,
+                      momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype=dtype, name=name, **kwargs)
+
+
+def _conv_init():
+  # torchvision: kaiming_normal_(mode='fan_out', nonlinearity='relu').
+  return nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+
+
+class Bottleneck(nn.Module):
+  """torchvision Bottleneck (v1.5): 1x1 -> 3x3 (stride, dilation) -> 1x1, + identity/projection."""
+  planes: int
+  strides: int = 1
+  dilation: int = 1
+  downsample: bool = False
+  dtype: Any = jnp.float32
+  sync_bn_axis: str | None = None
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    from jaxseg.ops import AtrousConv  # Lazy: ops is a sibling module with its own owner.
+
+    bn = lambda name, **kw: _batch_norm(train, self.sync_bn_axis, self.dtype, name, **kw)
+    conv1x1 = lambda features, name, strides=1: nn.Conv(
+        features, (1, 1), strides=strides, use_bias=False, dtype=self.dtype,
+        kernel_init=_conv_init(), name=name)
+    out_features = self.planes * EXPANSION
+
+    y = nn.relu(bn('bn1')(conv1x1(self.planes, 'conv1')(x)))
+    y = AtrousConv(self.planes, (3, 3), rate=self.dilation, strides=self.strides, use_bias=False,
+                   dtype=self.dtype, kernel_init=_conv_init(), name='conv2')(y)
+    y = nn.relu(bn('bn2')(y))
+    y = conv1x1(out_features, 'conv3')(y)
+    y = bn('bn3')(y)
+    if self.downsample:
+      x = bn('downsample_bn')(conv1x1(out_features, 'downsample_conv', self.strides)(x))
+    return nn.relu(y + x)
+
+
+class ResNet(nn.Module):
+  """ResNet trunk returning {'stem', 'layer1', ..., 'layer4'} features (NHWC, compute dtype).
+
+  'stem' is conv1+bn1+ReLU (stride 2, before the max-pool); 'layer{i}' are the stage outputs.
+  `dilations[i]` is the dilation of stage i+1's blocks: 1 for stage 1; for later stages either the
+  previous value (stage strides by 2) or twice it (stride replaced by dilation, torchvision's
+  `replace_stride_with_dilation`). `width` scales every channel count (tiny test variants).
+  """
+  stage_sizes: Sequence[int] = STAGE_SIZES[50]
+  dilations: Sequence[int] = (1, 1, 1, 1)
+  width: float = 1.0
+  dtype: Any = jnp.float32
+  sync_bn_axis: str | None = None
+
+  def stage_strides_and_dilations(self) -> list[tuple[int, int, int]]:
+    """Per stage: (stride, dilation of its first block, dilation of its other blocks)."""
+    if len(self.stage_sizes) != 4 or len(self.dilations) != 4:
+      raise ValueError(f'ResNet needs 4 stage_sizes and 4 dilations, got stage_sizes='
+                       f'{tuple(self.stage_sizes)}, dilations={tuple(self.dilations)}')
+    if any(n < 1 for n in self.stage_sizes):
+      raise ValueError(f'ResNet stage_sizes must be >= 1, got {tuple(self.stage_sizes)}')
+    if self.dilations[0] != 1:
+      raise ValueError(f'ResNet dilations[0] must be 1, got {tuple(self.dilations)}')
+    plan, previous = [(1, 1, 1)], 1
+    for d in self.dilations[1:]:
+      if d == 2 * previous:  # Stride replaced by dilation; first block keeps the previous one.
+        plan.append((1, previous, d))
+      elif d == previous:
+        plan.append((2, previous, d))
+      else:
+        raise ValueError(
+            f'ResNet dilations {tuple(self.dilations)}: each stage must keep or double the '
+            'previous dilation (torchvision replace_stride_with_dilation)')
+      previous = d
+    return plan
+
+  @nn.compact
+  def __call__(self, x, train: bool = False) -> dict[str, Any]:
+    plan = self.stage_strides_and_dilations()
+    x = x.astype(self.dtype)
+    x = nn.Conv(scaled_channels(STEM_FEATURES, self.width), (7, 7), strides=2,
+                padding=((3, 3), (3, 3)), use_bias=False, dtype=self.dtype,
+                kernel_init=_conv_init(), name='conv1')(x)
+    x = nn.relu(_batch_norm(train, self.sync_bn_axis, self.dtype, 'bn1')(x))
+    features = {'stem': x}
+    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    in_features = x.shape[-1]
+    for i, (num_blocks, (stride, first_dilation, dilation)) in enumerate(
+        zip(self.stage_sizes, plan)):
+      planes = scaled_channels(STAGE_PLANES[i], self.width)
+      for j in range(num_blocks):
+        block_stride = stride if j == 0 else 1
+        x = Bottleneck(
+            planes, strides=block_stride, dilation=first_dilation if j == 0 else dilation,
+            downsample=j == 0 and (block_stride != 1 or in_features != planes * EXPANSION),
+            dtype=self.dtype, sync_bn_axis=self.sync_bn_axis,
+            name=f'layer{i + 1}_{j}')(x, train)
+        in_features = planes * EXPANSION
+      features[f'layer{i + 1}'] = x
+    return features
