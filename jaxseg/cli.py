@@ -276,9 +276,18 @@ def _register_plugin(name: str, sub: Any, common: argparse.ArgumentParser) -> No
 
 
 def _setup_logging() -> None:
-  logging.basicConfig(level=logging.INFO, format='%(message)s')
-  for noisy in ('absl', 'jax', 'orbax', 'tensorflow', 'h5py', 'matplotlib'):
-    logging.getLogger(noisy).setLevel(logging.WARNING)
+  """INFO messages from jaxseg's own code; warnings and errors from everyone."""
+  package = str(pathlib.Path(__file__).resolve().parent)
+
+  def keep(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING or record.pathname.startswith(package)
+
+  handler = logging.StreamHandler()
+  handler.setFormatter(logging.Formatter('%(message)s'))
+  handler.addFilter(keep)
+  root = logging.getLogger()
+  root.handlers[:] = [handler]
+  root.setLevel(logging.INFO)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

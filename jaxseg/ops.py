@@ -3,9 +3,10 @@
 All ops take NHWC arrays, are jit-compiled (static geometry is resolved in Python, then a jitted
 kernel runs, so they also inline into an outer `jax.jit`) and are differentiable.
 
-- `atrous_conv` / `AtrousConv`: dilated ("atrous", PSPNet/DeepLab) convolution whose padding keeps the
-  spatial size for any rate: pad = rate * (k - 1) // 2 on each side for odd k, the same numbers as
-  torch `conv2d(padding=dilation, dilation=dilation)` for 3x3 (and torchvision ResNet for stride 2).
+- `atrous_conv` / `AtrousConv`: dilated ("atrous", PSPNet/DeepLab) convolution whose padding keeps
+  the spatial size for any rate: pad = rate * (k - 1) // 2 on each side for odd k, the same numbers
+  as torch `conv2d(padding=dilation, dilation=dilation)` for 3x3 (and torchvision ResNet, stride 2).
+  Max pooling with padding or ceil mode copies the input once (padded with -inf); 'VALID' does not.
 - `max_pool_with_argmax` / `max_unpool`: DeconvNet's pooling switches. Switches follow PyTorch's
   `return_indices` convention (int32 flat index h * W + w into each input plane), ties go to the
   first maximum in row-major window order and NaN wins, as in PyTorch's kernel. `max_unpool` is a
@@ -51,7 +52,7 @@ def _check_nhwc(x: Any, name: str) -> None:
 
 
 def _same_pads(kernel_hw: Sequence[int], rates: Sequence[int]) -> tuple[tuple[int, int], ...]:
-  """Padding that keeps the size at stride 1: symmetric for odd k, extra on the high side for even k."""
+  """Padding keeping the size at stride 1: symmetric for odd k, one more at the end for even k."""
   pads = []
   for k, r in zip(kernel_hw, rates):
     total = r * (k - 1)
@@ -95,7 +96,8 @@ def atrous_conv(x: Array, kernel: Array, rate: Pair = 1, bias: Array | None = No
     raise ValueError(f'atrous_conv: kernel expects {kernel.shape[2]} input channels '
                      f'(HWIO shape {kernel.shape}) but x has {x.shape[3]} (shape {x.shape})')
   if bias is not None and jnp.shape(bias) != (kernel.shape[3],):
-    raise ValueError(f'atrous_conv: bias must have shape ({kernel.shape[3]},), got {jnp.shape(bias)}')
+    raise ValueError(f'atrous_conv: bias must have shape ({kernel.shape[3]},), '
+                     f'got {jnp.shape(bias)}')
   rates = _pair(rate, 'atrous_conv: rate')
   strides = _pair(stride, 'atrous_conv: stride')
   if dtype is None:
@@ -203,35 +205,14 @@ def _lowest(dtype) -> Any:
   raise ValueError(f'max_pool_with_argmax: unsupported dtype {dtype}')
 
 
-def _window_slice(x, start, out_hw, strides):
-  """x[:, start_h + o_h * s_h, start_w + o_w * s_w] for all outputs (o_h, o_w); outside: lowest.
-
-  Slicing the in-range part and padding that output-sized slice (instead of padding the whole
-  input first) lets XLA fuse the padding into the compare-select instead of copying the input.
-  """
-  lo_hi, limits = [], []
-  for d, (st, o, s) in enumerate(zip(start, out_hw, strides)):
-    size = x.shape[1 + d]
-    a = min(o, max(0, -(st // s)))  # First output whose element is inside the input.
-    b = min(o, max(a, -(-(size - st) // s)))  # One past the last.
-    lo_hi.append((a, o - b))
-    limits.append((st + a * s, st + (b - 1) * s + 1 if b > a else st + a * s))
-  if any(l1 <= l0 for l0, l1 in limits):  # This window offset is padding for every output.
-    return jnp.full((x.shape[0],) + tuple(out_hw) + (x.shape[3],), _lowest(x.dtype), x.dtype)
-  v = lax.slice(x, (0, limits[0][0], limits[1][0], 0),
-                (x.shape[0], limits[0][1], limits[1][1], x.shape[3]), (1,) + tuple(strides) + (1,))
-  if any(p for pair in lo_hi for p in pair):
-    v = lax.pad(v, jnp.asarray(_lowest(x.dtype), x.dtype),
-                ((0, 0, 0), lo_hi[0] + (0,), lo_hi[1] + (0,), (0, 0, 0)))
-  return v
-
-
 @functools.partial(jax.jit, static_argnames=('window', 'strides', 'pads', 'out_hw'))
 def _max_pool_with_argmax(x, window, strides, pads, out_hw):
   n, h, w, c = x.shape
   (kh, kw), (sh, sw), (oh, ow) = window, strides, out_hw
-  (pt, _), (pl, _) = pads
+  (pt, pb), (pl, pr) = pads
   padded = any(p for pair in pads for p in pair)
+  if padded:
+    x = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)), constant_values=_lowest(x.dtype))
   rows = np.arange(oh) * sh - pt  # First input row / column of every window.
   cols = np.arange(ow) * sw - pl
   is_float = jnp.issubdtype(x.dtype, jnp.floating)
@@ -241,7 +222,8 @@ def _max_pool_with_argmax(x, window, strides, pads, out_hw):
   # '>' keeps the first maximum on ties. Each step reads one strided slice (output-sized).
   for i in range(kh):
     for j in range(kw):
-      v = _window_slice(x, (i - pt, j - pl), (oh, ow), (sh, sw))
+      v = lax.slice(x, (0, i, j, 0), (n, i + (oh - 1) * sh + 1, j + (ow - 1) * sw + 1, c),
+                    (1, sh, sw, 1))
       flat = i * w + j  # Offset of this window element in the flat input plane.
       valid = (((rows + i >= 0) & (rows + i < h))[:, None]
                & ((cols + j >= 0) & (cols + j < w))[None, :])

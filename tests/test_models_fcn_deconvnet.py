@@ -408,7 +408,7 @@ def test_fcn_reference_initialisation():
   outputs zeros, and adding a skip leaves the coarser net's prediction unchanged."""
   model = FCN(3, variant='8s', geometry='caffe', width=WIDTH)
   x = jnp.ones((1, 20, 30, 3))
-  out, variables = model.init_with_output(jax.random.key(0, impl='rbg'), x)
+  out, variables = jax.jit(model.init_with_output)(jax.random.key(0, impl='rbg'), x)
   p = variables['params']
   for name in ('score_fr', 'score_pool4', 'score_pool3'):
     assert not np.any(np.asarray(p[name]['kernel'])) and not np.any(np.asarray(p[name]['bias']))
@@ -459,13 +459,14 @@ def test_sync_batchnorm_averages_over_the_axis():
   x = np.random.default_rng(5).normal(size=(2, 16, 16, 3)).astype(np.float32)
   local = vgg.VGG16(width=WIDTH, batch_norm=True)
   variables = random_variables(local, x)
-  _, want = local.apply(variables, x, train=True, mutable=['batch_stats'])
+  _, want = jax.jit(functools.partial(local.apply, train=True, mutable=['batch_stats']))(
+      variables, x)
   synced = vgg.VGG16(width=WIDTH, batch_norm=True, sync_bn_axis='data')
   step = lambda xs: synced.apply(variables, xs, train=True, mutable=['batch_stats'])[1]
-  got = jax.vmap(step, axis_name='data')(x[:, None])
+  got = jax.jit(jax.vmap(step, axis_name='data'))(x[:, None])
   for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
-    assert_close(b[0], a, rtol=1e-5)
-    assert_close(b[1], a, rtol=1e-5)
+    assert_close(b[0], a, rtol=1e-4)  # Float32 rounding of the two mean orders, 13 layers deep.
+    assert_close(b[1], a, rtol=1e-4)
 
 
 def test_fcn_dropout_only_in_train():
@@ -508,6 +509,10 @@ def test_jit_grad_of_a_loss(name):
   assert jax.tree.structure(grads) == jax.tree.structure(params)
   assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
   assert np.any(np.asarray(grads['backbone']['conv1_1']['kernel']))
-  stepped = jax.tree.map(lambda p, g: p - 1e-3 * g, params, grads)
-  (new_loss, _), _ = grad_fn(stepped)
-  assert float(new_loss) < float(loss)
+  # Central difference along the unit gradient direction d: (L(p + hd) - L(p - hd)) / 2h = |g|.
+  norm = np.sqrt(sum(float(jnp.sum(g ** 2)) for g in jax.tree.leaves(grads)))
+  h = 1e-2
+  shifted = lambda sign: jax.tree.map(lambda p, g: p + sign * h * g / norm, params, grads)
+  (plus, _), _ = grad_fn(shifted(1))
+  (minus, _), _ = grad_fn(shifted(-1))
+  np.testing.assert_allclose((float(plus) - float(minus)) / (2 * h), norm, rtol=0.05)

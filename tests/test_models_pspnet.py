@@ -353,7 +353,7 @@ def test_init_mode_does_not_change_the_parameter_tree():
 def test_batch_stats_update_in_train_mode_only():
   model = pspnet.PSPNet(num_classes=3, **TINY)
   x = jax.random.normal(jax.random.key(0), (2, 33, 41, 3))
-  variables = jax.jit(model.init)(jax.random.key(1), x)  # The real init, once.
+  variables = _numpy_variables(model, x)
   _, updated = jax.jit(functools.partial(model.apply, train=True, mutable=['batch_stats']))(
       variables, x, rngs={'dropout': jax.random.key(2)})
   changed = jax.tree_util.tree_map(lambda a, b: bool(jnp.any(a != b)),
@@ -396,7 +396,37 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
   assert jax.jit(model.apply)(variables, x).dtype == jnp.float32
 
 
-def test_pspnet_rejects_unknown_depth():
-  with pytest.raises(ValueError, match='depth must be one of'):
-    jax.eval_shape(pspnet.PSPNet(num_classes=3, depth=34).init, jax.random.key(0),
-                   jnp.zeros((1, 33, 33, 3)))
+@pytest.mark.parametrize('fields,message', [
+    ({'depth': 34}, 'depth must be one of'),
+    ({'dropout_rate': 1.0}, r'dropout_rate must be in \[0, 1\)'),
+    ({'num_classes': 0}, 'num_classes must be a positive int'),
+])
+def test_pspnet_rejects_bad_fields(fields, message):
+  model = pspnet.PSPNet(**{'num_classes': 3, **fields})
+  with pytest.raises(ValueError, match=message):
+    jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 33, 33, 3)))
+  with pytest.raises(ValueError, match='NHWC'):
+    jax.eval_shape(pspnet.PSPNet(num_classes=3).init, jax.random.key(0), jnp.zeros((33, 33, 3)))
+
+
+def test_sync_bn_over_devices_equals_global_batch_bn():
+  """With sync_bn_axis, per-device BN statistics are those of the whole (global) batch."""
+  if jax.device_count() < 2:
+    pytest.skip('needs 2 devices (tests/conftest.py forces 8 CPU devices)')
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:2]), ('data',))
+  P = jax.sharding.PartitionSpec
+  kw = dict(num_classes=3, dropout_rate=0.0, **TINY)
+  x = jax.random.normal(jax.random.key(0), (4, 25, 19, 3))
+  variables = _numpy_variables(pspnet.PSPNet(**kw), x)
+
+  def step(model, variables, x):
+    (logits, aux), state = model.apply(variables, x, train=True, mutable=['batch_stats'])
+    return logits, aux, state['batch_stats']
+
+  want = jax.jit(functools.partial(step, pspnet.PSPNet(**kw)))(variables, x)
+  synced = jax.jit(jax.shard_map(
+      functools.partial(step, pspnet.PSPNet(sync_bn_axis='data', **kw)), mesh=mesh,
+      in_specs=(P(), P('data')), out_specs=(P('data'), P('data'), P())))
+  got = synced(variables, x)
+  for g, w in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)

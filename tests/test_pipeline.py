@@ -187,15 +187,19 @@ def test_scale_and_rotate_keep_image_and_mask_aligned(config, rotate):
   for batch in local_batches(config, 3):
     pixels = pipeline.denormalize(batch['image'], 'imagenet')
     for image, label in zip(pixels, batch['label']):
-      uniform = scipy.ndimage.maximum_filter(label, 3) == scipy.ndimage.minimum_filter(label, 3)
+      # 5x5 neighbourhood: at scale <= 2 it spans the 2x2 source pixels of each bilinear sample.
+      uniform = scipy.ndimage.maximum_filter(label, 5) == scipy.ndimage.minimum_filter(label, 5)
+      uniform[:2] = uniform[-2:] = uniform[:, :2] = uniform[:, -2:] = False  # Crop edges: the
+      # bilinear support may lie outside the crop, beyond what the mask shows.
       inner = uniform & (label != 255)
       inner_total += inner.sum()
       # Bilinear interpolation of one colour is that colour; the nearest mask must agree.
       np.testing.assert_allclose(image[inner], palette_rgb(label[inner]), atol=0.05)
+      # Ignore areas are white (the dataset's) or the mean (padding, rotation fill).
       fill = uniform & (label == 255) & (np.abs(image - 250.).max(-1) > 1.)
-      np.testing.assert_allclose(image[fill], palette_rgb(np.zeros_like(label[fill])) * 0.
-                                 + np.array(pipeline.mean_pixel('imagenet')), atol=0.05)
-  assert inner_total > 1000
+      np.testing.assert_allclose(image[fill], np.broadcast_to(pipeline.mean_pixel('imagenet'),
+                                                              image[fill].shape), atol=0.05)
+  assert inner_total > 500
 
 
 def test_blur_and_photometric_touch_only_the_image(config):

@@ -6,7 +6,6 @@ is compared with torch's own forward pass, relative max error max|a - b| / max|b
 float32, eval mode, on a square and a non-square input. Then the CLI and config round trips and
 every bad-input path.
 """
-import argparse
 import os
 import pathlib
 import subprocess
@@ -21,7 +20,9 @@ torch = pytest.importorskip('torch')
 torchvision = pytest.importorskip('torchvision')
 F = torch.nn.functional
 
-from jaxseg import weights  # pylint: disable=g-import-not-at-top
+import optax  # pylint: disable=g-import-not-at-top
+
+from jaxseg import config_loading, parallel, train, weights  # pylint: disable=g-import-not-at-top
 from jaxseg.models import create_model  # pylint: disable=g-import-not-at-top
 
 TOLERANCE = 1e-4
@@ -90,6 +91,12 @@ def _torch_threads():
 
 
 @pytest.fixture(scope='module')
+def torch_vgg16():
+  torch.manual_seed(0)
+  return randomize(torchvision.models.vgg16())
+
+
+@pytest.fixture(scope='module')
 def torch_resnet50():
   torch.manual_seed(0)
   return randomize(torchvision.models.resnet50(replace_stride_with_dilation=[False, True, True]))
@@ -133,9 +140,8 @@ def test_fc6_surgery_keeps_torch_flatten_order():
 # ------------------------------------------------------------------ parity with PyTorch
 
 
-def test_vgg16_parity_fcn_trunk_and_fc6_fc7(tmp_path):
-  torch.manual_seed(0)
-  tv = randomize(torchvision.models.vgg16())
+def test_vgg16_parity_fcn_trunk_and_fc6_fc7(torch_vgg16, tmp_path):
+  tv = torch_vgg16
   path = tmp_path / 'vgg16.npz'
   weights.save_npz(weights.convert_state_dict(state_dict_np(tv), 'vgg16'), path)
   model = create_model('fcn32s', 21, geometry='same')
@@ -214,87 +220,75 @@ def test_resnet101_parity_pspnet_backbone(tmp_path):
 # ------------------------------------------------------------------ CLI and config round trips
 
 
-def run_cli(argv):
-  """`jaxseg ...` through jaxseg.cli when it exists, else through this module's parser."""
-  try:
-    from jaxseg import cli  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    parser = argparse.ArgumentParser(prog='jaxseg')
-    weights.register(parser.add_subparsers(dest='command', required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
+def run_cli(argv) -> int:
+  from jaxseg import cli  # pylint: disable=g-import-not-at-top
   return cli.main(argv)
 
 
-def default_config():
-  sys.path.insert(0, str(REPO))
-  try:
-    from experiments import default  # pylint: disable=g-import-not-at-top
-  finally:
-    sys.path.remove(str(REPO))
-  config = default.get_config()
-  config.lock()
-  return config
+def training_config(*overrides):
+  """experiments/default.py with `--config.a.b=value`-style overrides, as `jaxseg train` does."""
+  return config_loading.apply_overrides(
+      config_loading.load_config(REPO / 'experiments' / 'default.py'), overrides)
 
 
-def test_cli_round_trip_and_config_init(torch_resnet50, resnet50_pth, tmp_path, capsys):
+def test_cli_round_trip_and_training_init(torch_resnet50, resnet50_pth, tmp_path, capsys):
   out = tmp_path / 'r50.npz'
-  run_cli(['convert-weights', '--arch', 'resnet50', '--input', str(resnet50_pth),
-           '--output', str(out)])
+  assert run_cli(['convert-weights', '--arch', 'resnet50', '--input', str(resnet50_pth),
+                  '--output', str(out)]) == 0
   printed = capsys.readouterr().out
   assert 'fc.weight, fc.bias' in printed and '265 arrays' in printed
   assert weights.weights_normalization(out) == weights.TORCHVISION_NORMALIZATION
 
-  config = default_config()
-  config.model.name = 'pspnet50'
-  config.model.width = 1.0
-  config.model.init_from = str(out)
-  config.data.normalization = 'imagenet'
-  model = create_model(config.model.name, config.data.num_classes)
-  fresh = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
-  logs = []
-  variables, report = weights.init_from_config(fresh, config, log=logs.append)
-  assert 'loaded 265 arrays' in logs[0] and 'ppm/bin1/conv{kernel}' in logs[0]
+  # The trainer's own initialisation (train.create_train_state) with model.init_from set.
+  common = [('model.name', 'pspnet50'), ('model.width', '1.0'), ('data.crop_size', '64,64'),
+            ('data.normalization', 'imagenet')]
+  mesh = parallel.create_mesh(jax.devices()[:1])
+  config = training_config(*common, ('model.init_from', str(out)))
+  state = train.create_train_state(config, train.build_model(config), optax.sgd(0.1), mesh)
   sd = torch_resnet50.state_dict()
-  bb = variables['params']['backbone']
+  bb = state.params['backbone']
   np.testing.assert_array_equal(bb['layer4_2']['conv3']['kernel'],
                                 sd['layer4.2.conv3.weight'].numpy().transpose(2, 3, 1, 0))
   np.testing.assert_array_equal(bb['layer2_0']['downsample_bn']['scale'],
                                 sd['layer2.0.downsample.1.weight'].numpy())
-  np.testing.assert_array_equal(variables['batch_stats']['backbone']['bn1']['var'],
+  np.testing.assert_array_equal(state.batch_stats['backbone']['bn1']['var'],
                                 sd['bn1.running_var'].numpy())
-  for key in report.new:  # Heads keep their own initialisation, bit for bit.
-    collection, *path = key.split('/')
-    a, b = variables[collection], fresh[collection]
-    for p in path:
-      a, b = a[p], b[p]
-    np.testing.assert_array_equal(a, b)
+  # New layers keep exactly the initialisation a run without init_from gets.
+  scratch = train.create_train_state(training_config(*common), train.build_model(config),
+                                     optax.sgd(0.1), mesh)
+  for head in ('ppm', 'cls', 'aux'):
+    jax.tree.map(np.testing.assert_array_equal, state.params[head], scratch.params[head])
+    jax.tree.map(np.testing.assert_array_equal, state.batch_stats[head],
+                 scratch.batch_stats[head])
+  assert not np.array_equal(bb['conv1']['kernel'], scratch.params['backbone']['conv1']['kernel'])
+
+  logs = []
+  _, report = weights.init_from_config(
+      {'params': scratch.params, 'batch_stats': scratch.batch_stats}, config, log=logs.append)
+  assert 'loaded 265 arrays' in logs[0] and 'ppm/bin1/conv{kernel}' in logs[0]
   assert {k.split('/')[1] for k in report.new} == {'ppm', 'cls', 'aux'}
-  assert not any(k.split('/')[1] == 'backbone' for k in report.new)
+  config = training_config(*common)
+  unchanged, report = weights.init_from_config(state, config)
+  assert unchanged is state and report is None
 
-  config.model.init_from = ''
-  assert weights.init_from_config(fresh, config)[0] is fresh
 
-
-def test_raw_pth_init_of_full_width_fcn(tmp_path):
-  """config.model.init_from pointing at a torchvision .pth: real init of FCN-32s, width 1."""
-  torch.manual_seed(0)
-  tv = randomize(torchvision.models.vgg16())
+def test_raw_pth_init_of_full_width_fcn(torch_vgg16, tmp_path):
+  """config.model.init_from pointing at a torchvision .pth (no conversion step), FCN-8s width 1."""
   path = tmp_path / 'vgg16-random.pth'
-  torch.save(tv.state_dict(), path)
-  config = default_config()
-  config.model.name, config.model.init_from = 'fcn32s', str(path)
-  model = create_model('fcn32s', 21, geometry='same')
-  fresh = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
-  variables, report = weights.init_from_config(fresh, config, log=None)
+  torch.save(torch_vgg16.state_dict(), path)
+  config = training_config(('model.name', 'fcn8s'), ('model.init_from', str(path)),
+                           ('model.geometry', 'caffe'))
+  abstract = jax.eval_shape(lambda: train.build_model(config).init(
+      jax.random.key(0), jnp.zeros((1, 64, 64, 3))))
+  variables, report = weights.init_from_config(abstract, config, log=None)
   assert report.skipped == ('classifier.6.weight', 'classifier.6.bias')
-  assert sorted(report.new) == ['params/score_fr/bias', 'params/score_fr/kernel',
-                                'params/upscore/kernel']
+  assert {k.split('/')[1] for k in report.new} == {
+      'score_fr', 'score_pool4', 'score_pool3', 'upscore2', 'upscore_pool4', 'upscore8'}
   np.testing.assert_array_equal(variables['params']['fc7']['kernel'][0, 0],
-                                tv.classifier[3].weight.detach().numpy().T)
+                                torch_vgg16.classifier[3].weight.detach().numpy().T)
   np.testing.assert_array_equal(variables['params']['backbone']['conv5_3']['bias'],
-                                tv.features[28].bias.detach().numpy())
-  del tv, fresh, variables
+                                torch_vgg16.features[28].bias.detach().numpy())
+  assert isinstance(variables['params']['score_fr']['kernel'], jax.ShapeDtypeStruct)
 
 
 def test_npz_route_works_without_torch(resnet50_npz):
@@ -366,7 +360,7 @@ def test_missing_tensor_and_unrecognised_state_dict(torch_resnet50, tmp_path):
     weights.read_weights(path, arch='vgg16')
 
 
-def test_wrong_arch(resnet50_npz, resnet50_pth, tmp_path):
+def test_wrong_arch(resnet50_npz, resnet50_pth, tmp_path, capsys):
   abstract = {'params': {}}  # The arch check comes before any leaf is looked at.
   with pytest.raises(ValueError, match=r"holds torchvision resnet50 weights, but model 'fcn8s' "
                      r'needs a vgg16 backbone'):
@@ -375,8 +369,10 @@ def test_wrong_arch(resnet50_npz, resnet50_pth, tmp_path):
                      r"'pspnet101' needs a resnet101"):
     weights.load_pretrained(abstract, resnet50_pth, 'pspnet101')
   with pytest.raises(ValueError, match=r'holds a torchvision resnet50 state dict, not resnet101'):
-    run_cli(['convert-weights', '--arch', 'resnet101', '--input', str(resnet50_pth),
-             '--output', str(tmp_path / 'x.npz')])
+    weights.convert_weights('resnet101', resnet50_pth, tmp_path / 'x.npz')
+  assert run_cli(['convert-weights', '--arch', 'vgg16', '--input', str(resnet50_pth),
+                  '--output', str(tmp_path / 'x.npz')]) == 2
+  assert 'holds a torchvision resnet50 state dict, not vgg16' in capsys.readouterr().err
   assert not (tmp_path / 'x.npz').exists()
   with pytest.raises(ValueError, match=r"model 'unet' has no pretrained backbone"):
     weights.load_pretrained(abstract, resnet50_npz, 'unet')
@@ -431,9 +427,7 @@ def test_normalisation_checks(resnet50_npz):
 
 
 def test_pipeline_constants_match_torchvision():
-  pipeline = pytest.importorskip('jaxseg.data.pipeline')
-  scale = 255.0 if np.max(pipeline.IMAGENET_MEAN) > 1 else 1.0
-  np.testing.assert_allclose(np.ravel(pipeline.IMAGENET_MEAN) / scale,
-                             weights.TORCHVISION_NORMALIZATION['mean'], rtol=1e-6)
-  np.testing.assert_allclose(np.ravel(pipeline.IMAGENET_STD) / scale,
-                             weights.TORCHVISION_NORMALIZATION['std'], rtol=1e-6)
+  """config.data.normalization='imagenet' feeds the model exactly what the weights expect."""
+  from jaxseg.data import pipeline  # pylint: disable=g-import-not-at-top
+  assert list(pipeline.IMAGENET_MEAN) == weights.TORCHVISION_NORMALIZATION['mean']
+  assert list(pipeline.IMAGENET_STD) == weights.TORCHVISION_NORMALIZATION['std']

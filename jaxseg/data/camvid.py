@@ -75,8 +75,8 @@ class Camvid(tfds.core.GeneratorBasedBuilder):
       yield example_id, {'image': image, 'label': raw_to_label(raw), 'id': example_id}
 
   def _source_root(self, dl_manager) -> epath.Path:
-    manual_dir = checks.manual_dir_or_none(
-        dl_manager, self._requested_manual_dir, self.MANUAL_DOWNLOAD_INSTRUCTIONS)
+    manual_dir = checks.manual_dir_or_none(dl_manager, getattr(self, '_requested_manual_dir', None),
+                                           self.MANUAL_DOWNLOAD_INSTRUCTIONS)
     if manual_dir is None:
       extracted = checks.download_or_explain(
           dl_manager, {'camvid': URL}, self.MANUAL_DOWNLOAD_INSTRUCTIONS)['camvid']

@@ -82,7 +82,7 @@ DATASET_NAMES = tuple(_SPECS)
 
 
 def dataset_spec(name: str) -> DatasetSpec:
-  """Spec of a registered dataset; accepts TFDS names with a config/version ('camvid/default:1.0.0')."""
+  """Spec of a registered dataset; TFDS names with config/version ('camvid/default:1.0.0') work."""
   base = name.split('/')[0].split(':')[0]
   if base not in _SPECS:
     raise ValueError(f'Unknown dataset {name!r}; jaxseg knows {", ".join(DATASET_NAMES)}.')

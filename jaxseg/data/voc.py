@@ -1,4 +1,4 @@
-"""PASCAL VOC 2012 segmentation, with the SBD-augmented training set, as TFDS 'voc2012_segmentation'.
+"""PASCAL VOC 2012 segmentation with the SBD-augmented set, as TFDS 'voc2012_segmentation'.
 
 Splits (sizes with the official sources; checked at prepare time):
   train       1,464  VOC2012 ImageSets/Segmentation/train.txt, VOC masks.
@@ -6,9 +6,10 @@ Splits (sizes with the official sources; checked at prepare time):
   seg11valid    736  FCN's validation list (VOC2011 seg val minus SBD train), VOC masks. The list
                      is FCN's own and cannot be derived from the archives, so it ships with jaxseg
                      (voc_lists/seg11valid.txt.gz); the split is that list intersected with val.txt.
-  train_aug  10,582  (VOC train ∪ SBD train ∪ SBD val) minus VOC val: the usual SBD-augmented set,
-                     derived from the sources' own lists rather than shipped. Label: VOC's mask where
-                     the id is in VOC's train list (it carries the 255 boundary band), else SBD's.
+  train_aug  10,582  (VOC train | SBD train | SBD val) minus VOC val: the usual SBD-augmented
+                     set, derived from the sources' own lists rather than shipped. Label: VOC's
+                     mask where the id is in VOC's train list (it has the 255 boundary band), else
+                     SBD's.
   sbd_train   8,498  SBD train with SBD masks (FCN's training set). It overlaps VOC val, so evaluate
                      models trained on it on seg11valid only.
 Config 'voc_only' needs no SBD and has train, val and seg11valid only.
@@ -51,7 +52,7 @@ def seg11valid_ids() -> tuple[str, ...]:
 
 
 def train_aug_ids(voc_train, voc_val, sbd_train, sbd_val) -> list[str]:
-  """The SBD-augmented training ids: VOC train ∪ SBD train ∪ SBD val, minus VOC val (sorted)."""
+  """The SBD-augmented training ids: VOC train | SBD train | SBD val, minus VOC val (sorted)."""
   return sorted((set(voc_train) | set(sbd_train) | set(sbd_val)) - set(voc_val))
 
 
@@ -151,7 +152,8 @@ class Voc2012Segmentation(tfds.core.GeneratorBasedBuilder):
   def _example_files(self, example_id, voc_root, sbd_root, use_voc_mask):
     image = voc_root / 'JPEGImages' / f'{example_id}.jpg'
     if sbd_root is not None and not image.exists():
-      image = sbd_root / 'img' / f'{example_id}.jpg'  # SBD ships the same VOC JPEGs.
+      sbd_image = sbd_root / 'img' / f'{example_id}.jpg'  # SBD ships the same VOC JPEGs.
+      image = sbd_image if sbd_image.exists() else image
     if use_voc_mask:
       label = voc_root / 'SegmentationClass' / f'{example_id}.png'
     else:
@@ -173,8 +175,8 @@ class Voc2012Segmentation(tfds.core.GeneratorBasedBuilder):
 
   def _sources(self, dl_manager) -> tuple[epath.Path, epath.Path | None]:
     with_sbd = self.builder_config.with_sbd
-    manual_dir = checks.manual_dir_or_none(
-        dl_manager, self._requested_manual_dir, self.MANUAL_DOWNLOAD_INSTRUCTIONS)
+    manual_dir = checks.manual_dir_or_none(dl_manager, getattr(self, '_requested_manual_dir', None),
+                                           self.MANUAL_DOWNLOAD_INSTRUCTIONS)
     if manual_dir is None:
       urls = {'voc': VOC_URL, **({'sbd': SBD_URL} if with_sbd else {})}
       paths = checks.download_or_explain(dl_manager, urls, self.MANUAL_DOWNLOAD_INSTRUCTIONS)

@@ -34,7 +34,8 @@ _REGISTRY: dict[str, _Entry] = {
     'fcn8s': _Entry('fcn', 'FCN', {'variant': '8s'}, ('backbone', 'fc6', 'fc7'),
                     'any size >= 1 (caffe geometry pads 100; same geometry needs no minimum)'),
     'deconvnet': _Entry('deconvnet', 'DeconvNet', {}, ('backbone', 'fc6', 'fc7'),
-                        'pool5 must be >= 7x7 (fc6 is a valid 7x7 conv): height, width >= 224'),
+                        'height, width >= 193: ceil-mode pool5 must be >= 7x7 for the valid 7x7 '
+                        'fc6 (the paper trains on 224x224)'),
     'pspnet50': _Entry('pspnet', 'PSPNet', {'depth': 50}, ('backbone',),
                        'any size >= 1 (output stride 8; PSPNet trains on 473x473 crops)'),
     'pspnet101': _Entry('pspnet', 'PSPNet', {'depth': 101}, ('backbone',),

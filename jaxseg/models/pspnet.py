@@ -4,8 +4,9 @@ Follows the authors' PyTorch re-implementation (github.com/hszhao/semseg, model/
 torchvision-layout backbone:
 
   image ─ ResNet-50/101, layer3 dilation 2, layer4 dilation 4 (output stride 8)
-            ├─ layer4 (2048) ─ PPM: for bins 1, 2, 3, 6: adaptive avg-pool ─ 1x1 conv 512 ─ BN ─ ReLU
-            │                  ─ bilinear upsample to the feature size; concat with layer4 (4096)
+            ├─ layer4 (2048) ─ PPM: for bins 1, 2, 3, 6: adaptive avg-pool ─ 1x1 conv 512
+            │                  ─ BN ─ ReLU ─ bilinear upsample to the feature size
+            │                  ─ concat with layer4 (2048 + 4 x 512 = 4096 channels)
             │                  ─ 3x3 conv 512 ─ BN ─ ReLU ─ dropout 0.1 ─ 1x1 classifier
             └─ layer3 (1024) ─ aux: 3x3 conv 256 ─ BN ─ ReLU ─ dropout 0.1 ─ 1x1 classifier
   both upsampled bilinearly to the input size; aux logits returned in train mode only.
@@ -15,6 +16,10 @@ the original Caffe PSPNet's Interp layer do; with it, feature corners land exact
 for the "8k+1" crop sizes PSPNet uses (473 -> 60). Dropout is channel-wise (torch's Dropout2d, as
 semseg). Adaptive pooling and resizing are written as per-axis matrices applied with einsum: exact,
 static-shape, and cheap to differentiate.
+
+Parameter tree: 'backbone' (resnet.ResNet, torchvision names), 'ppm'/bin{1,2,3,6}/{conv,bn},
+'cls'/conv_bn/{conv,bn}, 'cls'/classifier, and 'aux' likewise. The aux head's parameters exist
+however the model is initialised (train or eval), so checkpoints do not depend on it.
 """
 from __future__ import annotations
 
@@ -157,19 +162,28 @@ class PSPNet(nn.Module):
   width: float = 1.0
   dtype: Any = jnp.float32
   sync_bn_axis: str | None = None
-  dropout_rate: float | None = None
+  dropout_rate: float | None = None  # None (or < 0): the paper's 0.1.
   stage_sizes: Sequence[int] | None = None  # Overrides resnet.STAGE_SIZES[depth] (tiny variants).
   bins: Sequence[int] = PSP_BINS
 
-  @nn.compact
-  def __call__(self, x, train: bool = False):
+  def _check(self, x) -> float:
+    if not isinstance(self.num_classes, int) or self.num_classes < 1:
+      raise ValueError(f'PSPNet num_classes must be a positive int, got {self.num_classes!r}')
     if self.stage_sizes is None and self.depth not in resnet.STAGE_SIZES:
       raise ValueError(f'PSPNet depth must be one of {sorted(resnet.STAGE_SIZES)}, '
                        f'got {self.depth}')
     if x.ndim != 4:
-      raise ValueError(f'PSPNet expects NHWC images, got shape {x.shape}')
+      raise ValueError(f'PSPNet expects NHWC images (N, H, W, C), got shape {x.shape}')
+    no_value = self.dropout_rate is None or self.dropout_rate < 0
+    rate = DEFAULT_DROPOUT if no_value else self.dropout_rate
+    if not 0 <= rate < 1:
+      raise ValueError(f'PSPNet dropout_rate must be in [0, 1) (or None for 0.1), got {rate}')
+    return rate
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    rate = self._check(x)
     stage_sizes = self.stage_sizes or resnet.STAGE_SIZES[self.depth]
-    rate = DEFAULT_DROPOUT if self.dropout_rate is None else self.dropout_rate
     size = x.shape[1:3]
     features = resnet.ResNet(stage_sizes, PSP_DILATIONS, self.width, self.dtype,
                              self.sync_bn_axis, name='backbone')(x, train)

@@ -1,0 +1,111 @@
+"""`jaxseg train -> eval -> predict` end to end on a tiny config, and clean CLI errors."""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import PIL.Image
+import pytest
+
+from jaxseg import cli, config_loading
+
+DEMO = str(config_loading.experiments_dir() / 'demo.py')
+
+
+def tiny_overrides(data_dir):
+  """A width-1/16 FCN-8s on synthetic_shapes/tiny (64x64), a few steps, batches of 8 devices."""
+  return [f'--config.data.data_dir={data_dir}', '--config.data.dataset=synthetic_shapes/tiny',
+          '--config.model.width=0.0625', '--config.data.crop_size=32,32',
+          '--config.data.eval_size=64,64', '--config.train.batch_size=8',
+          '--config.eval.batch_size=8', '--config.train.num_steps=3',
+          '--config.train.checkpoint_every=2', '--config.train.log_every=1',
+          '--config.optim.warmup_steps=0']
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+  root = tmp_path_factory.mktemp('cli')
+  workdir = root / 'work'
+  argv = ['train', '--config', DEMO, '--workdir', str(workdir)] + tiny_overrides(root / 'tfds')
+  assert cli.main(argv) == 0
+  return workdir
+
+
+def test_train_writes_workdir(trained):
+  assert (trained / 'config.json').is_file()
+  assert json.loads((trained / 'config.json').read_text())['model']['width'] == 0.0625
+  records = [json.loads(line) for line in (trained / 'metrics.jsonl').read_text().splitlines()]
+  assert any(r['split'] == 'train' and r['step'] == 3 for r in records)
+  final = [r for r in records if r['split'] == 'val']
+  assert final and 0.0 <= final[-1]['mean_iou'] <= 1.0
+  saved = json.loads((trained / 'eval' / 'val_step3.json').read_text())
+  assert len(saved['confusion_matrix']) == 7 and saved['class_names'][1] == 'disk'
+  assert saved['num_images'] == 16 and len(saved['per_image']) == 16  # None dropped/padded.
+  assert np.sum(saved['confusion_matrix']) > 0
+
+
+def test_eval_restores_checkpoint_and_prints_table(trained, capsys):
+  assert cli.main(['eval', '--workdir', str(trained), '--checkpoint', 'latest',
+                   '--config.eval.mode=slide', '--config.eval.crop_size=48,48',
+                   '--config.eval.stride=16,16']) == 0
+  out = capsys.readouterr().out
+  assert 'eval.mode=slide' in out and 'triangle' in out and 'mean IoU' in out
+  assert (trained / 'eval' / 'val_step3.json').is_file()
+
+
+def test_predict_any_image_reports_bad_files(trained, tmp_path, capsys):
+  rng = np.random.default_rng(0)
+  inputs = tmp_path / 'in'
+  inputs.mkdir()
+  PIL.Image.fromarray(rng.integers(0, 255, (50, 70), np.uint8)).save(inputs / 'gray.png')
+  PIL.Image.fromarray(rng.integers(0, 255, (30, 90, 4), np.uint8)).save(inputs / 'rgba.png')
+  PIL.Image.fromarray(rng.integers(0, 255, (130, 40, 3), np.uint8)).save(inputs / 'big.jpg')
+  (inputs / 'corrupt.jpg').write_bytes(b'\xff\xd8 this is not a jpeg')
+  out = tmp_path / 'out'
+  code = cli.main(['predict', '--workdir', str(trained), '--output', str(out), '--input',
+                   str(inputs / 'corrupt.jpg'), str(inputs / 'gray.png'),
+                   str(inputs / 'rgba.png'), str(inputs / 'big.jpg')])
+  captured = capsys.readouterr()
+  assert code == 1  # One file failed...
+  assert 'corrupt.jpg' in captured.err and '3 of 4' in captured.out
+  for name, size in (('gray', (70, 50)), ('rgba', (90, 30)), ('big', (40, 130))):
+    label = PIL.Image.open(out / f'{name}.png')  # ...the others were still written.
+    assert label.mode == 'P' and label.size == size
+    assert np.asarray(label).max() < 7  # Values are class ids.
+    assert label.getpalette()[3:6] == [230, 25, 75]  # The dataset's palette (class 1).
+    overlay = PIL.Image.open(out / f'{name}_overlay.png')
+    assert overlay.mode == 'RGB' and overlay.size == size
+
+
+def test_train_typo_override_is_a_clean_error(tmp_path, capsys):
+  code = cli.main(['train', '--config', DEMO, '--workdir', str(tmp_path),
+                   '--config.train.batch_sise=8'])
+  err = capsys.readouterr().err
+  assert code == 2
+  assert "unknown config field 'train.batch_sise'" in err and 'train.batch_size' in err
+  assert 'Traceback' not in err
+
+
+def test_missing_config_file_exits_2_without_traceback(tmp_path):
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  result = subprocess.run(
+      [sys.executable, '-m', 'jaxseg.cli', 'train', '--config', str(tmp_path / 'nope.py'),
+       '--workdir', str(tmp_path / 'w')], capture_output=True, text=True, env=env,
+      cwd=pathlib.Path(__file__).parents[1], timeout=300)
+  assert result.returncode == 2
+  assert 'nope.py' in result.stderr and 'not found' in result.stderr
+  assert 'Traceback' not in result.stderr
+  errors = [line for line in result.stderr.splitlines() if line.startswith('jaxseg: error')]
+  assert len(errors) == 1
+
+
+def test_eval_of_missing_workdir_and_bad_arguments(tmp_path, capsys):
+  assert cli.main(['eval', '--workdir', str(tmp_path / 'none')]) == 2
+  assert 'does not exist' in capsys.readouterr().err
+  assert cli.main(['train', '--workdir', str(tmp_path / 'fresh')]) == 2
+  assert 'no --config given' in capsys.readouterr().err
+  with pytest.raises(SystemExit) as exc:
+    cli.main(['eval', '--workdir', str(tmp_path), '--checkpoint', 'newest'])
+  assert exc.value.code == 2

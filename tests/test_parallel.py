@@ -1,0 +1,187 @@
+"""Mesh helpers, the shard_map step wrapper, and 2 processes x 4 devices == 1 process x 8 devices."""
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import textwrap
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from jaxseg import parallel
+from jaxseg import train
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / 'experiments'))
+import default  # noqa: E402  pylint: disable=g-import-not-at-top
+
+
+def test_mesh_and_shardings():
+  mesh = parallel.create_mesh()
+  assert mesh.axis_names == ('data',) and mesh.size == 8
+  assert parallel.create_mesh(jax.devices()[:1]).size == 1
+  tree = parallel.replicate({'a': np.arange(6.0).reshape(2, 3)}, mesh)
+  assert tree['a'].sharding.is_fully_replicated
+  batch = parallel.shard_batch({'x': np.arange(16).reshape(8, 2)}, mesh)
+  assert [s.data.shape for s in batch['x'].addressable_shards] == [(1, 2)] * 8
+  np.testing.assert_array_equal(parallel.to_host(batch['x']), np.arange(16).reshape(8, 2))
+  with pytest.raises(ValueError, match='at least one device'):
+    parallel.create_mesh([])
+
+
+def test_data_parallel_is_per_device_and_donates():
+  mesh = parallel.create_mesh()
+
+  def per_device(state, batch):
+    local = jnp.sum(batch)  # This device's slice only.
+    return {'total': state['total'] + lax.psum(local, 'data')}, {'local_mean': lax.pmean(local, 'data')}
+
+  step = parallel.data_parallel(per_device, mesh)
+  state = parallel.replicate({'total': np.float32(1.0)}, mesh)
+  batch = parallel.shard_batch(np.arange(16, dtype=np.float32).reshape(8, 2), mesh)
+  new_state, metrics = step(state, batch)
+  assert float(new_state['total']) == 1.0 + 120.0
+  assert float(metrics['local_mean']) == 120.0 / 8
+  assert state['total'].is_deleted()  # Donated.
+
+
+def test_distributed_needs_complete_settings(monkeypatch):
+  monkeypatch.delenv('JAX_COORDINATOR_ADDRESS', raising=False)
+  monkeypatch.delenv('JAX_PROCESS_ID', raising=False)
+  monkeypatch.setenv('JAX_NUM_PROCESSES', '2')
+  with pytest.raises(ValueError, match='JAX_COORDINATOR_ADDRESS'):
+    parallel.maybe_initialize_distributed()
+  monkeypatch.delenv('JAX_NUM_PROCESSES')
+  for name in ('SLURM_NTASKS', 'OMPI_COMM_WORLD_SIZE'):
+    monkeypatch.delenv(name, raising=False)
+  assert parallel.maybe_initialize_distributed() is False
+
+
+# ---------------------------------------------------------------- multi-process
+class TinySegNet(nn.Module):
+  """Stand-in with the jaxseg model interface (BN, dropout, aux head) that compiles in seconds.
+
+  Two processes compiling the real PSPNet at once take minutes on a shared 2-core machine; what
+  this test checks is the runtime and the collectives, which do not depend on the network.
+  (The real PSPNet's 8-vs-1-device equality is tests/test_train.py.)
+  """
+  num_classes: int
+  width: float = 1.0
+  dtype: object = jnp.float32
+  sync_bn_axis: str | None = None
+  dropout_rate: float | None = None
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = nn.Conv(8, (3, 3), dtype=self.dtype)(x)
+    x = nn.BatchNorm(use_running_average=not train, axis_name=self.sync_bn_axis, momentum=0.9,
+                     epsilon=1e-5, dtype=self.dtype)(x)
+    x = nn.relu(x)
+    x = nn.Dropout(self.dropout_rate or 0.0, deterministic=not train)(x)
+    logits = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype)(x).astype(jnp.float32)
+    if not train:
+      return logits
+    return logits, nn.Conv(self.num_classes, (3, 3), name='aux')(x).astype(jnp.float32)
+
+
+def tiny_config():
+  config = default.get_config()
+  config.model.dropout_rate = 0.0
+  config.model.sync_bn = True
+  config.data.num_classes = 5
+  config.data.crop_size = (8, 8)
+  config.train.batch_size = 8
+  config.train.num_steps = 10
+  config.optim.head_lr_mult = 10.0
+  return config
+
+
+def tiny_batches(config, steps=2):
+  rng = np.random.RandomState(0)
+  b, (h, w), c = config.train.batch_size, config.data.crop_size, config.data.num_classes
+  out = []
+  for _ in range(steps):
+    labels = rng.randint(0, c, (b, h, w))
+    labels[rng.rand(b, h, w) < 0.2] = 255
+    labels[:3, :, : w // 2] = 255  # Unequal valid pixels per device.
+    out.append({'image': rng.randn(b, h, w, 3).astype(np.float32),
+                'label': labels.astype(np.int32)})
+  return out
+
+
+def run_steps(config, mesh, rows):
+  """Two train steps; `rows` selects this process's part of each global batch."""
+  from jaxseg import optim  # pylint: disable=g-import-not-at-top
+  model = TinySegNet(config.data.num_classes, sync_bn_axis='data', dropout_rate=0.3)
+  tx, schedule = optim.create_optimizer(config, ('Conv_0', 'BatchNorm_0'))
+  state = train.create_train_state(config, model, tx, mesh)
+  step = train.make_train_step(config, model, tx, schedule, mesh)
+  losses = []
+  for batch in tiny_batches(config):
+    local = {k: v[rows] for k, v in batch.items()}
+    state, metrics = step(state, parallel.shard_batch(local, mesh))
+    losses.append(float(parallel.to_host(metrics['loss'])))
+  host = parallel.to_host({'params': state.params, 'batch_stats': state.batch_stats})
+  flat = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(host)}
+  return flat, np.asarray(losses)
+
+
+WORKER = textwrap.dedent('''
+    import os, sys
+    os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=4'
+    sys.path.insert(0, {tests!r})
+    sys.path.insert(0, {root!r})
+    from jaxseg import parallel
+    assert parallel.maybe_initialize_distributed()
+    import jax, numpy as np
+    import test_parallel as t
+    assert jax.process_count() == 2 and jax.device_count() == 8 and jax.local_device_count() == 4
+    pid = jax.process_index()
+    config = t.tiny_config()
+    flat, losses = t.run_steps(config, parallel.create_mesh(), slice(4 * pid, 4 * pid + 4))
+    if pid == 0:
+      np.savez(sys.argv[1], losses=losses, **flat)
+    print('worker', pid, 'done', losses)
+''')
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_match_one_process(tmp_path):
+  script = tmp_path / 'worker.py'
+  script.write_text(WORKER.format(tests=str(ROOT / 'tests'), root=str(ROOT)))
+  out = tmp_path / 'two_process.npz'
+  port = _free_port()
+  procs = []
+  for pid in range(2):
+    env = dict(os.environ, JAX_COORDINATOR_ADDRESS=f'localhost:{port}', JAX_NUM_PROCESSES='2',
+               JAX_PROCESS_ID=str(pid), JAX_PLATFORMS='cpu')
+    procs.append(subprocess.Popen([sys.executable, str(script), str(out)], env=env, cwd=tmp_path,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+  # The reference (one process, 8 devices) runs meanwhile.
+  config = tiny_config()
+  expected, expected_losses = run_steps(config, parallel.create_mesh(), slice(None))
+  logs = []
+  for proc in procs:
+    try:
+      logs.append(proc.communicate(timeout=600)[0])
+    except subprocess.TimeoutExpired:
+      for p in procs:
+        p.kill()
+      raise
+  for proc, log in zip(procs, logs):
+    assert proc.returncode == 0, log[-3000:]
+  got = np.load(out)
+  np.testing.assert_allclose(got['losses'], expected_losses, rtol=1e-5)
+  assert set(got.files) == set(expected) | {'losses'}
+  for key, value in expected.items():
+    np.testing.assert_allclose(got[key], value, rtol=1e-4, atol=1e-5, err_msg=key)
