@@ -106,6 +106,10 @@ def write_workdir_config(workdir: str | pathlib.Path, config: ml_collections.Con
   tmp.replace(path)
 
 
+def _best_metric(metrics: dict) -> float:
+  return float(metrics.get(BEST_METRIC, float('-inf')))
+
+
 class Checkpointer:
   """Saves and restores train states in <workdir>/checkpoints (an orbax CheckpointManager)."""
 
@@ -115,14 +119,15 @@ class Checkpointer:
     self.directory = pathlib.Path(workdir).absolute() / CHECKPOINT_DIR
     if read_only and not self.directory.is_dir():
       raise FileNotFoundError(f'No checkpoints in {self.directory}: train into this workdir first.')
+    # Every save carries a metrics dict (empty without an eval), which orbax stores only when a
+    # best_fn is set; unevaluated checkpoints rank lowest for BestN.
     policy = checkpoint_managers.AnyPreservationPolicy([
         checkpoint_managers.LatestN(n=keep),
-        checkpoint_managers.BestN(get_metric_fn=lambda m: m[BEST_METRIC], n=1,
-                                  keep_checkpoints_without_metrics=False),
+        checkpoint_managers.BestN(get_metric_fn=_best_metric, n=1),
     ])
     options = ocp.CheckpointManagerOptions(
-        preservation_policy=None if read_only else policy, read_only=read_only,
-        create=not read_only)
+        preservation_policy=None if read_only else policy, best_fn=_best_metric,
+        read_only=read_only, create=not read_only)
     self._manager = ocp.CheckpointManager(
         self.directory, options=options,
         item_handlers={'state': ocp.PyTreeCheckpointHandler(),
@@ -166,10 +171,9 @@ class Checkpointer:
 
     `metrics` with 'mean_iou' makes the checkpoint a candidate for 'best'.
     """
-    if metrics is not None:
-      metrics = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+    metrics = {k: float(v) for k, v in (metrics or {}).items() if isinstance(v, (int, float))}
     self._manager.save(
-        int(step), metrics=metrics or None, force=True,
+        int(step), metrics=metrics, force=True,
         args=ocp.args.Composite(state=ocp.args.PyTreeSave(state),
                                 config=ocp.args.JsonSave(config_to_dict(config))))
 

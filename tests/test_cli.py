@@ -79,6 +79,19 @@ def test_predict_any_image_reports_bad_files(trained, tmp_path, capsys):
     assert overlay.mode == 'RGB' and overlay.size == size
 
 
+def test_demo_on_a_trained_workdir_prints_table_and_writes_predictions(trained, capsys):
+  # Same config as `trained`, already at num_steps: the demo re-evaluates, then predicts.
+  argv = ['demo', '--workdir', str(trained), '--num_predictions', '2']
+  argv += tiny_overrides(trained.parent / 'tfds')
+  assert cli.main(argv) == 0
+  out = capsys.readouterr().out
+  assert 'demo mean IoU' in out and 'star' in out
+  names = sorted(p.name for p in (trained / 'predictions').iterdir())
+  assert names == ['val_00000.png', 'val_00000_image.png', 'val_00000_overlay.png',
+                   'val_00000_truth.png', 'val_00001.png', 'val_00001_image.png',
+                   'val_00001_overlay.png', 'val_00001_truth.png']
+
+
 def test_train_typo_override_is_a_clean_error(tmp_path, capsys):
   code = cli.main(['train', '--config', DEMO, '--workdir', str(tmp_path),
                    '--config.train.batch_sise=8'])

@@ -42,6 +42,9 @@ def test_recipe_matches_dataset_and_model_registry(name):
   spec = classes.dataset_spec(config.data.dataset)
   assert config.data.num_classes == spec.num_classes
   assert config.model.name in models.MODEL_NAMES
+  from jaxseg import train
+  model = train.build_model(config)  # Every model field of the recipe is accepted.
+  assert model.num_classes == spec.num_classes
 
 
 def test_overrides_parse_with_field_types():
