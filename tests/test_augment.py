@@ -1,4 +1,4 @@
-"""Joint image/mask augmentation ops, run eagerly and inside tf.data, against NumPy/SciPy/PyTorch."""
+"""Joint image/mask augmentation ops, eagerly and inside tf.data, against NumPy/SciPy/PyTorch."""
 import functools
 
 import matplotlib.colors
@@ -64,7 +64,8 @@ def test_random_scale_range_and_alignment(mode):
     sizes.add(h)
     # The label's nearest source pixel is within the bilinear support of the image sample.
     src_y, src_x = np.divmod(out_label, 20)
-    assert np.all(np.abs(out_image[..., 0] - src_y) < 1) and np.all(np.abs(out_image[..., 1] - src_x) < 1)
+    assert np.all(np.abs(out_image[..., 0] - src_y) < 1)
+    assert np.all(np.abs(out_image[..., 1] - src_x) < 1)
   assert len(sizes) > 3
   fixed = functools.partial(augment.random_scale, seed=seed(0), scale_range=(1.5, 1.5))
   assert run(fixed, image, label, mode=mode)[1].shape == (15, 30)
@@ -73,7 +74,8 @@ def test_random_scale_range_and_alignment(mode):
 @pytest.mark.parametrize('mode', MODES)
 def test_rotate_quarter_turns_are_exact(mode):
   image, label = coord_example(6, 6)
-  out_image, out_label = run(functools.partial(augment.rotate, degrees=90.), image, label, mode=mode)
+  out_image, out_label = run(functools.partial(augment.rotate, degrees=90.), image, label,
+                             mode=mode)
   np.testing.assert_allclose(out_image, np.rot90(image), atol=1e-4)
   np.testing.assert_array_equal(out_label, np.rot90(label))
   out_image, out_label = run(functools.partial(augment.rotate, degrees=180.), image, label,
@@ -100,8 +102,8 @@ def test_rotate_matches_scipy_and_fills(mode):
   np.testing.assert_allclose(out_image[..., 0], ref_image, atol=1e-3)
   assert out_label[0, 0] == 255 and out_image[0, 0, 0] == -1.  # A corner that rotated in.
   # Alignment: inside regions (3x3 neighbourhood of one class) the image shows that class's colour.
-  inner = ((scipy.ndimage.maximum_filter(out_label, 3) == scipy.ndimage.minimum_filter(out_label, 3))
-           & (out_label != 255))
+  uniform = scipy.ndimage.maximum_filter(out_label, 3) == scipy.ndimage.minimum_filter(out_label, 3)
+  inner = uniform & (out_label != 255)
   assert inner.sum() > 300
   np.testing.assert_allclose(out_image[..., 0][inner], out_label[inner] * 10. + 5., atol=1e-3)
 
@@ -149,6 +151,27 @@ def test_random_crop_alignment_and_padding(mode):
   np.testing.assert_array_equal(out_label[:12, :10], label)
   assert np.all(out_label[12:] == 255) and np.all(out_label[:, 10:] == 255)
   assert np.all(out_image[12:] == 0) and np.all(out_image[:, 10:] == 0)
+
+
+@pytest.mark.parametrize('mode', MODES)
+@pytest.mark.parametrize('hw', [(30, 22), (9, 12)])
+def test_fused_rotate_crop_equals_rotate_then_crop(mode, hw):
+  rng = np.random.default_rng(6)
+  image = rng.uniform(-100, 100, hw + (3,)).astype(np.float32)
+  label = rng.integers(0, 6, hw).astype(np.int32)
+  for i in range(4):
+    def sequential(image, label):
+      image, label = augment.random_rotate(image, label, seed(i), 15., -7., 255)
+      return augment.random_crop(image, label, seed(100 + i), (16, 16), -7., 255)
+
+    fused = functools.partial(augment.random_rotate_crop, rotate_seed=seed(i),
+                              crop_seed=seed(100 + i), max_degrees=15., size=(16, 16),
+                              image_fill=-7., ignore_label=255)
+    ref_image, ref_label = run(sequential, image, label, mode=mode)
+    out_image, out_label = run(fused, image, label, mode=mode)
+    assert out_image.shape == (16, 16, 3) and out_label.shape == (16, 16)
+    np.testing.assert_allclose(out_image, ref_image, atol=1e-3)
+    assert np.mean(out_label == ref_label) > 0.99  # Float rounding may flip a nearest-pixel tie.
 
 
 @pytest.mark.parametrize('mode', MODES)

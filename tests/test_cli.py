@@ -86,10 +86,13 @@ def test_demo_on_a_trained_workdir_prints_table_and_writes_predictions(trained, 
   assert cli.main(argv) == 0
   out = capsys.readouterr().out
   assert 'demo mean IoU' in out and 'star' in out
-  names = sorted(p.name for p in (trained / 'predictions').iterdir())
-  assert names == ['val_00000.png', 'val_00000_image.png', 'val_00000_overlay.png',
-                   'val_00000_truth.png', 'val_00001.png', 'val_00001_image.png',
-                   'val_00001_overlay.png', 'val_00001_truth.png']
+  names = {p.name for p in (trained / 'predictions').iterdir()}
+  ids = {n[:-len('.png')] for n in names if n.count('_') == 1}  # val_NNNNN.png
+  assert len(ids) == 2 and all(i.startswith('val_') for i in ids)
+  assert names == {f'{i}{suffix}.png' for i in ids
+                   for suffix in ('', '_image', '_overlay', '_truth')}
+  label = np.asarray(PIL.Image.open(trained / 'predictions' / f'{min(ids)}.png'))
+  assert label.shape == (64, 64) and label.max() < 7
 
 
 def test_train_typo_override_is_a_clean_error(tmp_path, capsys):

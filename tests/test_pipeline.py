@@ -1,4 +1,4 @@
-"""The tf.data input pipeline on a tiny TFDS dataset defined here, whose pixel colours encode labels."""
+"""The tf.data input pipeline on a tiny TFDS dataset defined here; pixel colours encode labels."""
 import importlib.util
 import math
 import pathlib
@@ -15,7 +15,7 @@ from jaxseg.data import pipeline
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CLASSES = (0, 1, 2, 3, 4)
-# Colour of each label; 255 (ignore) is near-white, far from the normalisation mean (the pad colour).
+# Colour of each label; 255 (ignore) is near-white, far from the mean (the padding colour).
 PALETTE = {0: (220, 20, 20), 1: (20, 200, 20), 2: (20, 20, 220), 3: (230, 230, 30),
            4: (30, 210, 210), 255: (250, 250, 250)}
 SIZES = {'train': 13, 'val': 11}
@@ -386,3 +386,23 @@ def test_load_builder_prepares_from_manual_dir(config, tmp_path):
   assert builder.info.splits['train'].num_examples == 3
   config.data.manual_dir = ''  # Prepared now: the sources are not needed again.
   assert pipeline.load_builder(config).info.splits['train'].num_examples == 3
+
+
+def test_embedded_synthetic_dataset_feeds_batches(config):
+  """The real 'synthetic_shapes' builder (its tiny config) through the whole train/eval path."""
+  from jaxseg.data import dataset_spec
+  num_classes = dataset_spec('synthetic_shapes').num_classes
+  config.data.dataset = 'synthetic_shapes/tiny'
+  config.data.crop_size = (48, 48)
+  config.data.eval_size = (64, 64)
+  config.data.scale_range = (0.5, 2.0)
+  config.data.rotate_degrees = 10.
+  config.data.blur_prob = 0.5
+  config.data.photometric = True
+  mesh = make_mesh(2)
+  batch = next(pipeline.train_iterator(config, mesh))
+  assert batch['image'].shape == (8, 48, 48, 3)
+  assert set(np.unique(np.asarray(batch['label']))) <= set(range(num_classes)) | {255}
+  n = pipeline.num_eval_examples(config)
+  valid = sum(int(np.asarray(b['valid']).sum()) for b in pipeline.eval_iterator(config, mesh))
+  assert valid == n > 0

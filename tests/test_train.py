@@ -33,8 +33,8 @@ def _max_diff(a, b):
 
 
 # ---------------------------------------------------------------- 8 devices == 1 device
-def _pspnet_step(num_devices, sync_bn):
-  """One step of a tiny real PSPNet (BN + aux head) on `num_devices`; plain SGD with lr 1, so
+def _pspnet(sync_bn):
+  """A tiny real PSPNet (BN + aux head) and a config for one plain-SGD step with lr 1, so that
   the parameter change is exactly minus the gradient."""
   config = default.get_config()
   config.model.name, config.model.width, config.model.sync_bn = 'pspnet50', 1 / 16, sync_bn
@@ -44,10 +44,15 @@ def _pspnet_step(num_devices, sync_bn):
                            schedule='constant'))
   model = models.create_model('pspnet50', num_classes=5, width=1 / 16, stage_sizes=(1, 1, 1, 1),
                               dropout_rate=0.0, sync_bn_axis='data' if sync_bn else None)
+  return config, model
+
+
+def _pspnet_step(initial, num_devices, sync_bn):
+  """One step on `num_devices` from the host state `initial`."""
+  config, model = _pspnet(sync_bn)
   mesh = parallel.create_mesh(jax.devices()[:num_devices])
   tx, schedule = optim.create_optimizer(config, models.BACKBONE_PREFIXES['pspnet50'])
-  state = train.create_train_state(config, model, tx, mesh)
-  before = _flat(state.params)
+  state = parallel.replicate(initial, mesh)
   rng = np.random.RandomState(0)
   labels = rng.randint(0, 5, (8, 32, 32))
   labels[rng.rand(8, 32, 32) < 0.2] = 255
@@ -55,15 +60,19 @@ def _pspnet_step(num_devices, sync_bn):
   batch = parallel.shard_batch({'image': rng.randn(8, 32, 32, 3).astype(np.float32),
                                 'label': labels.astype(np.int32)}, mesh)
   state, metrics = train.make_train_step(config, model, tx, schedule, mesh)(state, batch)
-  after = _flat(state.params)
+  before, after = _flat(initial.params), _flat(state.params)
   return {'loss': float(metrics['loss']), 'aux_loss': float(metrics['aux_loss']),
           'grads': {k: before[k] - after[k] for k in before}, 'params': after,
           'batch_stats': _flat(state.batch_stats)}
 
 
 def test_eight_devices_equal_one_device_with_sync_bn():
-  one = _pspnet_step(1, sync_bn=True)
-  eight = _pspnet_step(8, sync_bn=True)
+  config, model = _pspnet(sync_bn=True)
+  tx, _ = optim.create_optimizer(config)
+  mesh = parallel.create_mesh(jax.devices()[:1])
+  initial = parallel.to_host(train.create_train_state(config, model, tx, mesh))  # Shared.
+  one = _pspnet_step(initial, 1, sync_bn=True)
+  eight = _pspnet_step(initial, 8, sync_bn=True)
   diffs = {'loss': abs(one['loss'] - eight['loss']),
            'grads': _max_diff(one['grads'], eight['grads']),
            'params': _max_diff(one['params'], eight['params']),
@@ -73,7 +82,7 @@ def test_eight_devices_equal_one_device_with_sync_bn():
   assert diffs['grads'] < 1e-5 and diffs['params'] < 1e-5 and diffs['batch_stats'] < 1e-5
   assert max(float(np.abs(g).max()) for g in one['grads'].values()) > 1e-3  # Not all zero.
 
-  local = _pspnet_step(8, sync_bn=False)  # Per-device BN: statistics of 1 example each.
+  local = _pspnet_step(initial, 8, sync_bn=False)  # Per-device BN: statistics of 1 example each.
   assert abs(local['loss'] - one['loss']) > 1e-3
   assert _max_diff(local['batch_stats'], one['batch_stats']) > 1e-3
 

@@ -1,7 +1,7 @@
 """Joint image/mask augmentation ops for the tf.data input pipeline.
 
-Every op takes one example — `image` float32 (H, W, 3) and `label` int32 (H, W) — and, when random,
-an explicit stateless seed (a shape-[2] integer tensor): the same seed gives the same result, eagerly
+Every op takes one example (`image` float32 (H, W, 3), `label` int32 (H, W)) and, when random, an
+explicit stateless seed (a shape-[2] integer tensor): the same seed gives the same result, eagerly
 or inside `tf.data`, in any order and on any thread. Geometric ops move image and mask together; the
 image is interpolated bilinearly, the mask by nearest neighbour, and the area they invent is filled
 with `image_fill` (the pipeline works on mean-centred images, so 0 = the dataset mean) and label
@@ -54,18 +54,24 @@ def random_scale(image: tf.Tensor, label: tf.Tensor, seed: tf.Tensor,
   return resize(image, label, size)
 
 
-def rotate(image: tf.Tensor, label: tf.Tensor, degrees: tf.Tensor, image_fill: float = 0.,
-           ignore_label: int = IGNORE_LABEL) -> tuple[tf.Tensor, tf.Tensor]:
-  """Rotates both by `degrees` (counter-clockwise) about the image centre, keeping the size."""
-  theta = tf.cast(degrees, tf.float32) * (math.pi / 180.)
-  h, w = tf.unstack(tf.cast(tf.shape(label), tf.float32))
-  cy, cx = (h - 1.) / 2., (w - 1.) / 2.
-  cos, sin = tf.cos(theta), tf.sin(theta)
-  # Output pixel (x, y) samples the input at R(-theta) about the centre (x right, y down).
-  transform = tf.stack([cos, -sin, cx - cos * cx + sin * cy,
-                        sin, cos, cy - sin * cx - cos * cy, 0., 0.])[None]
-  out_shape = tf.shape(label)
+def _rotation(degrees: tf.Tensor, height: tf.Tensor, width: tf.Tensor, top: tf.Tensor = 0,
+              left: tf.Tensor = 0) -> tf.Tensor:
+  """Projective transform (1, 8) mapping output pixel (x, y) to the input point it samples.
 
+  The output is the image rotated by `degrees` (counter-clockwise as displayed) about its centre,
+  read from (x + left, y + top) on.
+  """
+  theta = tf.cast(degrees, tf.float32) * (math.pi / 180.)
+  cy, cx = (tf.cast(height, tf.float32) - 1.) / 2., (tf.cast(width, tf.float32) - 1.) / 2.
+  cos, sin = tf.cos(theta), tf.sin(theta)
+  x0, y0 = tf.cast(left, tf.float32) - cx, tf.cast(top, tf.float32) - cy
+  return tf.stack([cos, -sin, cos * x0 - sin * y0 + cx,
+                   sin, cos, sin * x0 + cos * y0 + cy, 0., 0.])[None]
+
+
+def _warp(image: tf.Tensor, label: tf.Tensor, transform: tf.Tensor, out_shape: tf.Tensor,
+          image_fill: float, ignore_label: int) -> tuple[tf.Tensor, tf.Tensor]:
+  """Samples image (bilinear) and label (nearest) at `transform`; outside reads the fill values."""
   def warp(x, interpolation, fill):
     return tf.raw_ops.ImageProjectiveTransformV3(
         images=x[None], transforms=transform, output_shape=out_shape,
@@ -75,6 +81,14 @@ def rotate(image: tf.Tensor, label: tf.Tensor, degrees: tf.Tensor, image_fill: f
   image = warp(image, 'BILINEAR', image_fill)
   label_f = warp(tf.cast(label[..., None], tf.float32), 'NEAREST', ignore_label)
   return image, tf.cast(label_f[..., 0], label.dtype)
+
+
+def rotate(image: tf.Tensor, label: tf.Tensor, degrees: tf.Tensor, image_fill: float = 0.,
+           ignore_label: int = IGNORE_LABEL) -> tuple[tf.Tensor, tf.Tensor]:
+  """Rotates both by `degrees` (counter-clockwise) about the image centre, keeping the size."""
+  shape = tf.shape(label)
+  return _warp(image, label, _rotation(degrees, shape[0], shape[1]), shape, image_fill,
+               ignore_label)
 
 
 def random_rotate(image: tf.Tensor, label: tf.Tensor, seed: tf.Tensor, max_degrees: float,
@@ -107,16 +121,49 @@ def crop(image: tf.Tensor, label: tf.Tensor, top: tf.Tensor, left: tf.Tensor,
   return image, label
 
 
+def _crop_offsets(shape: tf.Tensor, size: Sequence[int], seed: tf.Tensor
+                  ) -> tuple[tf.Tensor, tf.Tensor]:
+  """Uniform (top, left) of a `size` window in an image of `shape` padded up to `size`."""
+  seeds = split_seed(seed, 2)
+  top = tf.random.stateless_uniform([], seeds[0], 0, tf.maximum(shape[0] - size[0], 0) + 1,
+                                    dtype=tf.int32)
+  left = tf.random.stateless_uniform([], seeds[1], 0, tf.maximum(shape[1] - size[1], 0) + 1,
+                                     dtype=tf.int32)
+  return top, left
+
+
 def random_crop(image: tf.Tensor, label: tf.Tensor, seed: tf.Tensor, size: Sequence[int],
                 image_fill: float = 0., ignore_label: int = IGNORE_LABEL
                 ) -> tuple[tf.Tensor, tf.Tensor]:
   """Pads (bottom/right) to at least `size`, then crops a uniformly placed `size` window."""
+  top, left = _crop_offsets(tf.shape(label), size, seed)
   image, label = pad_to_size(image, label, size, image_fill, ignore_label)
-  shape = tf.shape(label)
-  seeds = split_seed(seed, 2)
-  top = tf.random.stateless_uniform([], seeds[0], 0, shape[0] - size[0] + 1, dtype=tf.int32)
-  left = tf.random.stateless_uniform([], seeds[1], 0, shape[1] - size[1] + 1, dtype=tf.int32)
   return crop(image, label, top, left, size)
+
+
+def rotate_crop(image: tf.Tensor, label: tf.Tensor, degrees: tf.Tensor, top: tf.Tensor,
+                left: tf.Tensor, size: Sequence[int], image_fill: float = 0.,
+                ignore_label: int = IGNORE_LABEL) -> tuple[tf.Tensor, tf.Tensor]:
+  """`rotate`, `pad_to_size` and `crop` in one, computing only the window (rotation is costly)."""
+  h, w = int(size[0]), int(size[1])
+  shape = tf.shape(label)
+  image, label = _warp(image, label, _rotation(degrees, shape[0], shape[1], top, left),
+                       tf.constant([h, w]), image_fill, ignore_label)
+  # Window pixels beyond the rotated image are padding.
+  inside = ((tf.range(h)[:, None] + top < shape[0]) & (tf.range(w)[None, :] + left < shape[1]))
+  image = tf.where(inside[..., None], image, tf.cast(image_fill, image.dtype))
+  label = tf.where(inside, label, tf.cast(ignore_label, label.dtype))
+  return tf.ensure_shape(image, (h, w, 3)), tf.ensure_shape(label, (h, w))
+
+
+def random_rotate_crop(image: tf.Tensor, label: tf.Tensor, rotate_seed: tf.Tensor,
+                       crop_seed: tf.Tensor, max_degrees: float, size: Sequence[int],
+                       image_fill: float = 0., ignore_label: int = IGNORE_LABEL
+                       ) -> tuple[tf.Tensor, tf.Tensor]:
+  """`random_rotate(rotate_seed)` then `random_crop(crop_seed)`, fused: the same result."""
+  degrees = _uniform(rotate_seed, -float(max_degrees), float(max_degrees))
+  top, left = _crop_offsets(tf.shape(label), size, crop_seed)
+  return rotate_crop(image, label, degrees, top, left, size, image_fill, ignore_label)
 
 
 def hflip(image: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:

@@ -1,14 +1,15 @@
-"""tf.data input pipeline: TFDS examples -> augmented, normalised global batches over the 'data' axis.
+"""tf.data input pipeline: TFDS examples -> augmented, normalised global batches on axis 'data'.
 
-Train: each process reads its own even slice of `config.data.train_split`, shuffles it once per epoch
-with a seed derived from (config.seed, process, epoch), decodes, augments every example with a
-stateless seed derived from (config.seed, epoch, example index) and batches across epoch
-boundaries. The batch at step s is therefore a pure function of (config, process count, s), and
+Train: each process reads its own even slice of `config.data.train_split` in TFDS's on-disk order
+(which TFDS shuffled when writing), shuffles it each epoch through a `config.data.shuffle_buffer`
+window seeded by (config.seed, process, epoch), decodes, augments every example with a stateless
+seed derived from (config.seed, epoch, example index) and batches across epoch boundaries. The
+batch at step s is therefore a pure function of (config, process count, s), and
 `train_iterator(config, mesh, start_step)` skips whole epochs arithmetically and only the records
 before `start_step` inside its epoch (still encoded: nothing is decoded while skipping).
 
-Eval: every image is padded bottom/right to `config.data.eval_size` (image with the mean, i.e. 0 after
-normalisation; label 255), keeps its original height/width, and the last batch is filled with
+Eval: every image is padded bottom/right to `config.data.eval_size` (image with the mean, i.e. 0
+after normalisation; label 255), keeps its original height/width, and the last batch is filled with
 all-ignore examples (valid=False) instead of being dropped; every process yields the same number of
 batches. 'id' stays a host-local numpy array (this process's rows of the global batch, in order).
 
@@ -50,7 +51,8 @@ IGNORE_LABEL = augment.IGNORE_LABEL
 # ----------------------------------------------------------------------------------- normalisation
 def _check_method(method: str) -> None:
   if method not in NORMALIZATIONS:
-    raise ValueError(f'config.data.normalization={method!r} is unknown; use one of {NORMALIZATIONS}.')
+    raise ValueError(f'config.data.normalization={method!r} is unknown; '
+                     f'use one of {NORMALIZATIONS}.')
 
 
 def mean_pixel(method: str) -> tuple[float, float, float]:
@@ -230,7 +232,8 @@ class TrainAugment:
     d = config.data
     crop = tuple(int(v) for v in d.crop_size)
     if len(crop) != 2 or min(crop) <= 0:
-      raise ValueError(f'config.data.crop_size={tuple(d.crop_size)} must be two positive ints (H, W).')
+      raise ValueError(f'config.data.crop_size={tuple(d.crop_size)} must be two positive ints '
+                       '(H, W).')
     scale = tuple(float(v) for v in d.scale_range)
     if len(scale) != 2 or not 0 < scale[0] <= scale[1]:
       raise ValueError(f'config.data.scale_range={tuple(d.scale_range)} must be (lo, hi) with '
@@ -254,11 +257,13 @@ class TrainAugment:
     image = image - np.asarray(mean_pixel(self.normalization), np.float32)  # Fill value is now 0.
     if self.scale_range != (1., 1.):
       image, label = augment.random_scale(image, label, seeds[2], self.scale_range)
-    if self.rotate_degrees > 0:
-      image, label = augment.random_rotate(image, label, seeds[3], self.rotate_degrees, 0.,
-                                           self.ignore_label)
-    image, label = augment.random_crop(image, label, seeds[4], self.crop_size, 0.,
-                                       self.ignore_label)
+    if self.rotate_degrees > 0:  # Rotate, pad and crop, fused: only the crop is computed.
+      image, label = augment.random_rotate_crop(image, label, seeds[3], seeds[4],
+                                                self.rotate_degrees, self.crop_size, 0.,
+                                                self.ignore_label)
+    else:
+      image, label = augment.random_crop(image, label, seeds[4], self.crop_size, 0.,
+                                         self.ignore_label)
     if self.hflip:
       image, label = augment.random_hflip(image, label, seeds[5])
     return _finish(image, self.normalization), label
@@ -313,7 +318,8 @@ def train_iterator(config: ml_collections.ConfigDict, mesh: Mesh, start_step: in
                    ) -> Iterator[dict[str, jax.Array]]:
   """Infinite global train batches {'image' float32 (B, h, w, 3), 'label' int32 (B, h, w)}.
 
-  B = config.train.batch_size (global, sharded over mesh axis 'data'); (h, w) = config.data.crop_size.
+  B = config.train.batch_size (global, sharded over mesh axis 'data');
+  (h, w) = config.data.crop_size.
   The batch at step s depends only on the config and s: starting at `start_step` yields exactly
   what an uninterrupted run yields from that step on.
   """

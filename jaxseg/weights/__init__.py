@@ -8,14 +8,15 @@
 from jaxseg.weights.command import convert_weights, register
 from jaxseg.weights.convert import (ARCHS, MODEL_ARCH, TORCHVISION_NORMALIZATION,
                                     PretrainedWeights, convert_state_dict, guess_arch)
-from jaxseg.weights.files import (read_npz, read_state_dict, read_weights, save_npz,
-                                  weights_normalization)
-from jaxseg.weights.load import (LoadReport, check_normalization, init_from_config,
-                                 load_pretrained, normalization_name)
+from jaxseg.weights.files import (read_metadata, read_npz, read_state_dict, read_weights,
+                                  save_npz, weights_normalization)
+from jaxseg.weights.load import (LoadReport, check_init_from, check_normalization,
+                                 init_from_config, load_pretrained, normalization_name)
 
 __all__ = [
     'ARCHS', 'MODEL_ARCH', 'TORCHVISION_NORMALIZATION', 'LoadReport', 'PretrainedWeights',
-    'check_normalization', 'convert_state_dict', 'convert_weights', 'guess_arch',
-    'init_from_config', 'load_pretrained', 'normalization_name', 'read_npz', 'read_state_dict',
-    'read_weights', 'register', 'save_npz', 'weights_normalization',
+    'check_init_from', 'check_normalization', 'convert_state_dict', 'convert_weights',
+    'guess_arch', 'init_from_config', 'load_pretrained', 'normalization_name', 'read_metadata',
+    'read_npz', 'read_state_dict', 'read_weights', 'register', 'save_npz',
+    'weights_normalization',
 ]

@@ -28,7 +28,7 @@ TORCH_SUFFIXES = ('.pth', '.pt')
 def _check_path(path: str | os.PathLike) -> pathlib.Path:
   path = pathlib.Path(path)
   if not path.is_file():
-    raise FileNotFoundError(f'weights file {path} does not exist (model.init_from / --input)')
+    raise FileNotFoundError(f'weights file {path} does not exist')
   if path.suffix not in (*TORCH_SUFFIXES, '.npz'):
     raise ValueError(f'weights file {path}: unsupported suffix {path.suffix!r}; use a torchvision '
                      '.pth/.pt state dict or a .npz written by `jaxseg convert-weights`')
@@ -76,9 +76,12 @@ def save_npz(weights: convert.PretrainedWeights, path: str | os.PathLike) -> Non
           'sources': weights.sources, 'skipped': list(weights.skipped),
           'converted_from': os.path.basename(weights.path)}
   tmp = path.with_name(path.name + '.tmp')
-  with open(tmp, 'wb') as f:  # A file object: np.savez would otherwise rename it.
-    np.savez(f, **weights.arrays, **{META_KEY: np.array(json.dumps(meta))})
-  os.replace(tmp, path)
+  try:
+    with open(tmp, 'wb') as f:  # A file object: np.savez would otherwise rename it.
+      np.savez(f, **weights.arrays, **{META_KEY: np.array(json.dumps(meta))})
+    os.replace(tmp, path)
+  finally:
+    tmp.unlink(missing_ok=True)
 
 
 def _load_npz(path: pathlib.Path, with_arrays: bool) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -141,13 +144,20 @@ def read_weights(path: str | os.PathLike, arch: str | None = None) -> convert.Pr
   return convert.convert_state_dict(state_dict, found, str(path))
 
 
-def weights_normalization(path: str | os.PathLike) -> dict[str, Any]:
-  """The input normalisation the weights expect: {'space', 'mean', 'std', 'scale'}.
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+  """{'arch', 'normalization'} of a weights file without loading its arrays.
 
-  `.npz`: as recorded by convert-weights (reads only the metadata). `.pth`: torchvision's
-  ImageNet normalisation (RGB in [0, 1], ImageNet mean/std), which all its models share.
+  `.npz`: as recorded by convert-weights. `.pth`: arch None (known only once the tensors are
+  read) and torchvision's ImageNet normalisation (RGB in [0, 1], ImageNet mean/std), which all
+  its models share.
   """
   path = _check_path(path)
   if path.suffix != '.npz':
-    return dict(convert.TORCHVISION_NORMALIZATION)
-  return _load_npz(path, with_arrays=False)[0]['normalization']
+    return {'arch': None, 'normalization': dict(convert.TORCHVISION_NORMALIZATION)}
+  meta = _load_npz(path, with_arrays=False)[0]
+  return {'arch': meta['arch'], 'normalization': meta['normalization']}
+
+
+def weights_normalization(path: str | os.PathLike) -> dict[str, Any]:
+  """The input normalisation the weights expect: {'space', 'mean', 'std', 'scale'}."""
+  return read_metadata(path)['normalization']

@@ -38,10 +38,12 @@ class LoadReport:
   normalization: dict[str, Any]
 
   def summary(self) -> str:
-    by_module = collections.defaultdict(list)
+    by_top = collections.defaultdict(dict)  # Top-level module -> its submodules, in order.
     for key in self.loaded:
-      by_module[key.split('/')[1]].append(key)
-    loaded = ', '.join(f'{top} ({len(keys)})' for top, keys in by_module.items())
+      parts = key.split('/')
+      by_top[parts[1]].setdefault(parts[2] if len(parts) > 3 else '', None)
+    loaded = ', '.join(f'{top}' + (f' [{_abbreviate(list(subs))}]' if any(subs) else '')
+                       for top, subs in by_top.items())
     new_modules = collections.defaultdict(list)
     for key in self.new:
       module, _, leaf = key.partition('/')[2].rpartition('/')
@@ -56,6 +58,10 @@ class LoadReport:
         f'  weights expect {norm["space"]} input in [0, {norm["scale"]}], mean {norm["mean"]}, '
         f'std {norm["std"]}',
     ])
+
+
+def _abbreviate(names: list[str]) -> str:
+  return ', '.join(names if len(names) <= 6 else [*names[:3], '...', *names[-2:]])
 
 
 def normalization_name(normalization: Mapping[str, Any]) -> str | None:
@@ -85,14 +91,31 @@ def check_normalization(config_normalization: str, weights_norm: Mapping[str, An
     return
   described = (f'{weights_norm["space"]} input in [0, {weights_norm["scale"]}] with mean '
                f'{weights_norm["mean"]}, std {weights_norm["std"]}')
-  config_space = 'BGR' if config_normalization == 'caffe' else 'RGB'
-  if name is None and weights_norm['space'] == config_space:
+  config_space, config_scale = ('BGR', 255.0) if config_normalization == 'caffe' else ('RGB', 1.0)
+  if (name is None and weights_norm['space'] == config_space
+      and float(weights_norm['scale']) == config_scale):
     warnings.warn(f'weights {path} expect {described}; config.data.normalization='
                   f'{config_normalization!r} uses other constants', stacklevel=3)
     return
   hint = f'; set --config.data.normalization={name}' if name else ''
   raise ValueError(f'weights {path} expect {described}, but config.data.normalization is '
                    f'{config_normalization!r} ({config_space}){hint}')
+
+
+def _required_arch(model_name: str, width: float) -> str:
+  if model_name not in convert.MODEL_ARCH:
+    raise ValueError(f'model {model_name!r} has no pretrained backbone import; known models: '
+                     f'{", ".join(convert.MODEL_ARCH)}')
+  if width != 1.0:
+    raise ValueError(f'model.width={width}: pretrained weights fit only width 1.0 models; set '
+                     '--config.model.width=1.0 or clear model.init_from')
+  return convert.MODEL_ARCH[model_name]
+
+
+def _check_arch(found: str, needed: str, model_name: str, path: str | os.PathLike) -> None:
+  if found != needed:
+    raise ValueError(f'{path} holds torchvision {found} weights, but model {model_name!r} '
+                     f'needs a {needed} backbone')
 
 
 def load_pretrained(variables: Mapping[str, Any], path: str | os.PathLike, model_name: str, *,
@@ -115,17 +138,9 @@ def load_pretrained(variables: Mapping[str, Any], path: str | os.PathLike, model
     FileNotFoundError: no such file. ValueError: unknown model, width != 1, unreadable file,
     wrong arch, mismatched normalisation, or any tensor without a same-shaped model leaf.
   """
-  if model_name not in convert.MODEL_ARCH:
-    raise ValueError(f'model {model_name!r} has no pretrained backbone import; known models: '
-                     f'{", ".join(convert.MODEL_ARCH)}')
-  if width != 1.0:
-    raise ValueError(f'model.width={width}: pretrained weights fit only width 1.0 models; set '
-                     '--config.model.width=1.0 or clear model.init_from')
-  arch = convert.MODEL_ARCH[model_name]
+  arch = _required_arch(model_name, width)
   weights = files.read_weights(path, arch=arch)
-  if weights.arch != arch:
-    raise ValueError(f'{path} holds torchvision {weights.arch} weights, but model {model_name!r} '
-                     f'needs a {arch} backbone')
+  _check_arch(weights.arch, arch, model_name, path)
   if normalization is not None:
     check_normalization(normalization, weights.normalization, path)
 
@@ -168,3 +183,19 @@ def init_from_config(variables: Mapping[str, Any], config: Any,
   return load_pretrained(variables, config.model.init_from, config.model.name,
                          width=config.model.width, normalization=config.data.normalization,
                          log=log)
+
+
+def check_init_from(config: Any) -> None:
+  """Cheap early checks of config.model.init_from, before any model is built or data read.
+
+  File exists and is readable, model/arch/width fit, config.data.normalization matches (for a
+  `.npz` from its metadata alone; a `.pth`'s arch is checked when load_pretrained reads it).
+  No-op when init_from is empty.
+  """
+  if not config.model.init_from:
+    return
+  arch = _required_arch(config.model.name, config.model.width)
+  meta = files.read_metadata(config.model.init_from)
+  if meta['arch'] is not None:
+    _check_arch(meta['arch'], arch, config.model.name, config.model.init_from)
+  check_normalization(config.data.normalization, meta['normalization'], config.model.init_from)
