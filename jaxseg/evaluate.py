@@ -168,18 +168,26 @@ def _to_host(x: Any) -> np.ndarray:
   return np.asarray(x)
 
 
-def _gather_ids(ids: Sequence[Any]) -> list[str]:
-  """Host-local example ids of all processes, in global batch order."""
-  ids = [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
+def _gather_ids(ids_per_batch: Sequence[Sequence[Any]]) -> list[str]:
+  """Example ids in global batch order, from each process's host-local ids per batch.
+
+  A global batch holds process 0's rows, then process 1's, ...; every process yields the same
+  number of batches of the same local size.
+  """
+  def text(i):
+    return i.decode() if isinstance(i, bytes) else str(i)
   if jax.process_count() == 1:
-    return ids
+    return [text(i) for batch in ids_per_batch for i in batch]
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   width = 256
-  codes = np.zeros((len(ids), width), np.uint8)
-  for row, text in enumerate(ids):
-    raw = text.encode()[:width]
-    codes[row, :len(raw)] = np.frombuffer(raw, np.uint8)
-  codes = np.asarray(multihost_utils.process_allgather(codes, tiled=True))
+  local = max((len(b) for b in ids_per_batch), default=0)
+  codes = np.zeros((len(ids_per_batch), local, width), np.uint8)
+  for b, batch in enumerate(ids_per_batch):
+    for row, i in enumerate(batch):
+      raw = text(i).encode()[:width]
+      codes[b, row, :len(raw)] = np.frombuffer(raw, np.uint8)
+  codes = np.asarray(multihost_utils.process_allgather(codes))  # (processes, batches, rows, w)
+  codes = codes.transpose(1, 0, 2, 3).reshape(-1, width)
   return [bytes(row).rstrip(b'\0').decode(errors='replace') for row in codes]
 
 
@@ -239,7 +247,7 @@ def evaluate(config: ml_collections.ConfigDict, model: Any, variables: Any, mesh
     cm, image_cm = step_fn(variables, batch['image'], batch['label'], batch['valid'], cm)
     per_image.append(image_cm)
     valids.append(batch['valid'])
-    ids.extend(batch['id'])
+    ids.append(list(batch['id']))
 
   total = _to_host(cm).astype(np.int64)
   scores = metrics.scores_from_confusion(total)

@@ -848,29 +848,29 @@ def _normalised(image: Any) -> Any:
   return jnp.asarray(pipeline.normalize(np.asarray(image)[None], 'imagenet'))
 
 
-def _intermediates(model: Any, image: Any, seed: int) -> tuple[Any, Any]:
-  """(variables, captured module outputs) of a randomly initialised model on one image."""
+def _run_random(module: Any, image: Any, seed: int) -> Any:
+  """A randomly initialised module's output on one image, run op by op (a few small ops: no
+  whole-network compilation, which costs more than it saves for one image)."""
   import jax  # pylint: disable=g-import-not-at-top
   x = _normalised(image)
-  variables = jax.jit(model.init)(jax.random.PRNGKey(seed), x)
-  _, state = jax.jit(lambda v, x: model.apply(v, x, capture_intermediates=True,
-                                              mutable=['intermediates']))(variables, x)
-  return variables, state['intermediates']
+  variables = module.init(jax.random.PRNGKey(seed), x)
+  return module.apply(variables, x)
 
 
 def deconvnet_switches(image: Any, block: int = 1, width: float = 1 / 16,
                        seed: int = 0) -> dict[str, np.ndarray]:
-  """A (randomly initialised) DeconvNet's pool{block} on one image, with its switches.
+  """Pool{block} of DeconvNet's encoder (VGG16-BN with switches, random weights) on one image.
 
   Returns {'before': (h, w, C) activation entering the pool, 'pooled', 'switches' (flat
-  indices), 'unpooled': jaxseg.ops.max_unpool of the pooled map} for the single image.
+  indices), 'unpooled': jaxseg.ops.max_unpool of the pooled map, as DeconvNet's decoder does}.
   """
-  from jaxseg import models, ops  # pylint: disable=g-import-not-at-top
+  from jaxseg import ops  # pylint: disable=g-import-not-at-top
+  from jaxseg.models import deconvnet, vgg  # pylint: disable=g-import-not-at-top
   if not 1 <= block <= 5:
     raise ValueError(f'block must be 1..5 (VGG16 has five pools), got {block}')
-  model = models.create_model('deconvnet', num_classes=2, width=width)
-  _, captured = _intermediates(model, image, seed)
-  features = captured['backbone']['__call__'][0]
+  encoder = vgg.VGG16(width=width, batch_norm=True, switches=True,
+                      bn_bias_init=deconvnet.BN_SHIFT_INIT)
+  features = _run_random(encoder, image, seed)
   before, pooled = features[f'block{block}'], features[f'pool{block}']
   switches = features[f'switches{block}']
   unpooled = ops.max_unpool(pooled, switches, before.shape[1:3])
@@ -880,15 +880,12 @@ def deconvnet_switches(image: Any, block: int = 1, width: float = 1 / 16,
 
 def pspnet_pyramid(image: Any, width: float = 1 / 16, stage_sizes: Sequence[int] = (1, 1, 1, 1),
                    seed: int = 0) -> tuple[np.ndarray, dict[int, np.ndarray]]:
-  """(layer4 feature (h, w, C), {bins: adaptive average pool (bins, bins, C)}) of a randomly
-  initialised PSPNet on one image: what each pyramid level of the PPM starts from."""
-  from jaxseg import models  # pylint: disable=g-import-not-at-top
-  from jaxseg.models import pspnet  # pylint: disable=g-import-not-at-top
-  model = models.create_model('pspnet50', num_classes=2, width=width,
-                              stage_sizes=tuple(stage_sizes))
-  _, captured = _intermediates(model, image, seed)
-  feature = captured['backbone']['__call__'][0]['layer4']
-  pooled = {b: np.asarray(pspnet.adaptive_avg_pool(feature, b))[0] for b in model.bins}
+  """(layer4 feature (h, w, C), {bins: adaptive average pool (bins, bins, C)}) of PSPNet's
+  dilated ResNet (random weights) on one image: what each pyramid level of the PPM pools."""
+  from jaxseg.models import pspnet, resnet  # pylint: disable=g-import-not-at-top
+  backbone = resnet.ResNet(tuple(stage_sizes), pspnet.PSP_DILATIONS, width)
+  feature = _run_random(backbone, image, seed)['layer4']
+  pooled = {b: np.asarray(pspnet.adaptive_avg_pool(feature, b))[0] for b in pspnet.PSP_BINS}
   return np.asarray(feature)[0], pooled
 
 
@@ -925,8 +922,13 @@ def stages(model: Any, input_shape: Sequence[int], max_depth: int = 2,
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
-  def keep(module, method_name):
-    return method_name == '__call__' and type(module).__name__ not in skip
+  order: dict[tuple[str, ...], int] = {}
+
+  def keep(module, method_name):  # Called as modules are entered: records the call order.
+    if method_name != '__call__' or type(module).__name__ in skip:
+      return False
+    order.setdefault(tuple(module.path), len(order))
+    return True
 
   def run(x):
     return model.init_with_output(jax.random.PRNGKey(0), x, capture_intermediates=keep)
@@ -945,6 +947,7 @@ def stages(model: Any, input_shape: Sequence[int], max_depth: int = 2,
         visit(value, path + [name])
 
   visit(variables.get('intermediates', {}), [])
+  found.sort(key=lambda item: order.get(item[0], len(order)))
   rows = []
   for path, output in found:
     sub = params

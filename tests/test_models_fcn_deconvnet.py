@@ -320,7 +320,8 @@ def test_full_size_parameter_counts_match_references():
       assert count(params['backbone']) == features == 14_714_688
   assert expected['8s'] == 134_489_759 and round(expected['8s'] / 1e6) == 134
 
-  conv_bn = lambda k, cin, cout: k * k * cin * cout + cout + 2 * cout  # weight, bias, BN scale+shift.
+  # Weight, bias, BN scale and shift.
+  conv_bn = lambda k, cin, cout: k * k * cin * cout + cout + 2 * cout
   decoder = [(512, 512), (512, 512), (512, 512), (512, 512), (512, 512), (512, 256),
              (256, 256), (256, 256), (256, 128), (128, 128), (128, 64), (64, 64), (64, 64)]
   want = (features_bn + fc6 + 2 * 4096 + fc7 + 2 * 4096 + conv_bn(7, 4096, 512)

@@ -118,7 +118,9 @@ class FCN(nn.Module):
       raise ValueError(f'FCN geometry must be one of {GEOMETRIES}, got {self.geometry!r}')
     if x.ndim != 4:
       raise ValueError(f'FCN expects NHWC images (N, H, W, C), got shape {x.shape}')
-    rate = PAPER_DROPOUT if self.dropout_rate is None or self.dropout_rate < 0 else self.dropout_rate
+    rate = self.dropout_rate
+    if rate is None or rate < 0:  # The config's -1 also means 'the paper's value'.
+      rate = PAPER_DROPOUT
     if not 0 <= rate < 1:
       raise ValueError(f'FCN dropout_rate must be in [0, 1) (or None for 0.5), got {rate}')
     return rate
