@@ -14,7 +14,6 @@ dataset; `--num_images 0 --num_worst 0` leaves them out. All logic lives in jaxs
 from __future__ import annotations
 
 import argparse
-import math
 import pathlib
 from typing import Any
 
@@ -144,11 +143,8 @@ def _image_sections(visualize: Any, workdir: pathlib.Path, output: pathlib.Path,
         restored, examples, names, palette, scores={w['id']: w['iou'] for w in worst},
         title=f'{split}: the {len(examples)} images with the lowest IoU (step {restored.step})'),
         output / 'worst_images.png')
-    lines += ['### Worst images by IoU', '', '| image | mean IoU | pixel acc. |',
-              '|---|---:|---:|']
-    lines += [f'| {w["id"]} | {100 * w["iou"]:.1f} | '
-              f'{100 * w.get("pixel_accuracy", math.nan):.1f} |' for w in worst]
-    lines += ['', f'![worst images]({name})', '']
+    lines += ['### Worst images by IoU', '', visualize.images_markdown(worst), '',
+              f'![worst images]({name})', '']
     log(f'wrote {output / name}')
   return lines
 

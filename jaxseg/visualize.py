@@ -489,36 +489,73 @@ def switch_offsets(switches: Any, input_width: int) -> np.ndarray:
   return (2 * dy + dx).astype(np.int32)
 
 
-def plot_unpooling(image: Any, before: Any, switches: Any, unpooled: Any, channel: int = 0,
-                   title: str = '') -> Figure:
-  """DeconvNet's switches for one channel of one pooling layer.
+def _busiest_window(activation: np.ndarray, size: int) -> tuple[int, int]:
+  """Top-left (even) corner of the size x size window whose activation varies most (an edge)."""
+  h, w = activation.shape
+  size = min(size, h, w)
+  best, corner = -1.0, (0, 0)
+  for y in range(0, h - size + 1, 2):
+    for x in range(0, w - size + 1, 2):
+      total = float(activation[y:y + size, x:x + size].std())
+      if total > best:
+        best, corner = total, (y, x)
+  return corner
+
+
+def plot_unpooling(image: Any, before: Any, switches: Any, unpooled: Any,
+                   channel: int | None = None, zoom: int = 16, title: str = '') -> Figure:
+  """DeconvNet's switches for one channel of a 2x2 pooling layer: whole map, then a zoom.
 
   Args:
     image: uint8 (H, W, 3) input.
     before: (h, w, C) activation entering the pool.
     switches: (h/2, w/2, C) switches of that pool (flat indices, jaxseg.ops convention).
     unpooled: (h, w, C) `max_unpool(pooled, switches)`: maxima back in place, zeros elsewhere.
-    channel: the channel shown.
+    channel: the channel shown (default: the one with the most varied activation).
+    zoom: side of the zoomed window (pre-pool pixels), placed where the channel varies most.
   """
-  before, unpooled = np.asarray(before)[..., channel], np.asarray(unpooled)[..., channel]
+  before_all = np.asarray(before)
+  if channel is None:
+    channel = int(np.argmax(before_all.reshape(-1, before_all.shape[-1]).std(0)))
+  before = before_all[..., channel]
+  unpooled = np.asarray(unpooled)[..., channel]
   offsets = switch_offsets(np.asarray(switches)[None], before.shape[1])[0][..., channel]
-  fig = Figure(figsize=(15, 3.8), layout='constrained')
-  axes = fig.subplots(1, 4)
-  _show(axes[0], np.asarray(image), 'input image')
-  vmax = float(np.abs(before).max()) or 1.0
-  axes[1].imshow(before, cmap='magma', vmin=0, vmax=vmax)
-  axes[1].set_title(f'activation before pooling (channel {channel})', fontsize='medium')
+  offsets_full = np.repeat(np.repeat(offsets, 2, 0), 2, 1)[:before.shape[0], :before.shape[1]]
+  image = np.asarray(image)
+  y, x = _busiest_window(before, zoom)
+  zoom = min(zoom, *before.shape)
+  window = (slice(y, y + zoom), slice(x, x + zoom))
+  scale = image.shape[0] / before.shape[0]
   cmap = matplotlib.colors.ListedColormap(['#1b9e77', '#d95f02', '#7570b3', '#e7298a'])
-  axes[2].imshow(offsets, cmap=cmap, vmin=-0.5, vmax=3.5, interpolation='nearest')
-  axes[2].set_title('switch: where each 2x2 max was', fontsize='medium')
-  axes[2].legend(handles=[patches.Patch(color=cmap(i), label=name) for i, name in
-                          enumerate(('top-left', 'top-right', 'bottom-left', 'bottom-right'))],
-                 loc='upper right', fontsize='x-small', framealpha=0.8)
-  axes[3].imshow(unpooled, cmap='magma', vmin=0, vmax=vmax)
-  axes[3].set_title('unpooled: maxima put back, zeros elsewhere', fontsize='medium')
-  for ax in axes[1:]:
-    ax.set_xticks([])
-    ax.set_yticks([])
+  vmax = float(np.abs(before).max()) or 1.0
+  fig = Figure(figsize=(14, 7.2), layout='constrained')
+  axes = fig.subplots(2, 4)
+  for row, crop in enumerate((None, window)):
+    pic = image if crop is None else image[int(y * scale):int((y + zoom) * scale),
+                                           int(x * scale):int((x + zoom) * scale)]
+    where = '' if crop is None else f' (zoom {zoom}x{zoom})'
+    _show(axes[row, 0], pic, 'input image' + where)
+    for ax, data, heading in ((axes[row, 1], before, f'activation, channel {channel}'),
+                              (axes[row, 3], unpooled, 'unpooled: maxima back in place')):
+      ax.imshow(data if crop is None else data[crop], cmap='magma', vmin=0, vmax=vmax,
+                interpolation='nearest')
+      ax.set_title(heading + where, fontsize='medium')
+    axes[row, 2].imshow(offsets_full if crop is None else offsets_full[crop], cmap=cmap,
+                        vmin=-0.5, vmax=3.5, interpolation='nearest')
+    axes[row, 2].set_title('switch: position of each 2x2 max' + where, fontsize='medium')
+    for ax in axes[row]:
+      ax.set_xticks([])
+      ax.set_yticks([])
+      if crop is not None and ax is not axes[row, 0]:  # The 2x2 pooling windows.
+        for k in range(0, zoom + 1, 2):
+          ax.axhline(k - 0.5, color='white', linewidth=0.4, alpha=0.6)
+          ax.axvline(k - 0.5, color='white', linewidth=0.4, alpha=0.6)
+  for ax, s in zip(axes[0], (scale, 1, 1, 1)):
+    ax.add_patch(patches.Rectangle((x * s - 0.5, y * s - 0.5), zoom * s, zoom * s,
+                                   fill=False, edgecolor='cyan', linewidth=1.5))
+  fig.legend(handles=[patches.Patch(color=cmap(i), label=name) for i, name in
+                      enumerate(('top-left', 'top-right', 'bottom-left', 'bottom-right'))],
+             loc='outside lower center', ncols=4, fontsize='small', title='switch position')
   if title:
     fig.suptitle(title)
   return fig
@@ -532,41 +569,47 @@ def bin_edges(size: int, bins: int) -> list[tuple[int, int]]:
 
 
 def plot_pyramid_bins(image: Any, feature: Any, pooled: Mapping[int, Any],
+                      upsampled: Mapping[int, Any] | None = None,
                       title: str = 'PSPNet pyramid pooling') -> Figure:
-  """Each pyramid level: its bins drawn on the image, and the pooled feature it feeds the head.
+  """Each pyramid level: its bins drawn on the image, the pooled cells and (optionally) the
+  upsampled map the level adds to the concatenation. Maps with 3 channels are shown as RGB
+  (0-255), others by their channel mean.
 
   Args:
     image: uint8 (H, W, 3) input.
-    feature: (h, w, C) layer4 feature map (output stride 8) the module pools.
-    pooled: {bins: (bins, bins, C) adaptive average pool of `feature`} for each level.
+    feature: (h, w, C) map the module pools (layer4, output stride 8).
+    pooled: {bins: (bins, bins, C)} adaptive average pool of `feature` per level.
+    upsampled: {bins: (h, w, C)} each level resized back to (h, w).
   """
   image = np.asarray(image)
   feature = np.asarray(feature)
   levels = sorted(pooled)
-  fig = Figure(figsize=(2.9 * (len(levels) + 1), 6), layout='constrained')
-  axes = np.asarray(fig.subplots(2, len(levels) + 1, squeeze=False))
+
+  def picture(x):
+    x = np.asarray(x, np.float32)
+    return np.clip(x, 0, 255).astype(np.uint8) if x.shape[-1] == 3 else x.mean(-1)
+
+  rows = 3 if upsampled is not None else 2
+  fig = Figure(figsize=(2.7 * (len(levels) + 1), 2.9 * rows), layout='constrained')
+  axes = np.asarray(fig.subplots(rows, len(levels) + 1, squeeze=False))
   _show(axes[0, 0], image, f'input {image.shape[0]}x{image.shape[1]}')
-  energy = feature.mean(-1)
-  axes[1, 0].imshow(energy, cmap='viridis')
-  axes[1, 0].set_title(f'layer4 {feature.shape[0]}x{feature.shape[1]}x{feature.shape[2]}\n'
-                       '(channel mean)', fontsize='medium')
+  _show(axes[1, 0], picture(feature), f'layer4-size map {feature.shape[0]}x{feature.shape[1]}')
+  if upsampled is not None:
+    axes[2, 0].axis('off')
   scale_y, scale_x = image.shape[0] / feature.shape[0], image.shape[1] / feature.shape[1]
   for k, b in enumerate(levels, 1):
     ax = axes[0, k]
     _show(ax, image, f'{b}x{b} bins')
     for start, end in bin_edges(feature.shape[0], b):
       for y in (start, end):
-        ax.axhline(y * scale_y - 0.5, color='yellow', linewidth=1)
+        ax.axhline(y * scale_y - 0.5, color='yellow', linewidth=1.2)
     for start, end in bin_edges(feature.shape[1], b):
       for x in (start, end):
-        ax.axvline(x * scale_x - 0.5, color='yellow', linewidth=1)
-    cell = np.asarray(pooled[b]).mean(-1)
-    axes[1, k].imshow(cell, cmap='viridis', vmin=energy.min(), vmax=energy.max(),
-                      interpolation='nearest')
-    axes[1, k].set_title(f'pooled {b}x{b} (channel mean)', fontsize='medium')
-  for ax in axes[1]:
-    ax.set_xticks([])
-    ax.set_yticks([])
+        ax.axvline(x * scale_x - 0.5, color='yellow', linewidth=1.2)
+    _show(axes[1, k], picture(pooled[b]), f'pooled {b}x{b}')
+    if upsampled is not None:
+      _show(axes[2, k], picture(upsampled[b]), f'upsampled to {feature.shape[0]}x'
+            f'{feature.shape[1]}')
   fig.suptitle(title)
   return fig
 
@@ -664,6 +707,14 @@ def leaderboard_markdown(rows: Mapping[str, Mapping[str, Any]], class_names: Seq
   return '\n'.join(lines)
 
 
+def images_markdown(entries: Sequence[Mapping[str, Any]]) -> str:
+  """Markdown table of per-image scores (e.g. `worst_images`): image id, mean IoU, pixel acc."""
+  lines = ['| image | mean IoU | pixel acc. |', '|---|---:|---:|']
+  lines += [f'| {e["id"]} | {_cell(100 * float(e["iou"]))} | '
+            f'{_cell(100 * float(e.get("pixel_accuracy", math.nan)))} |' for e in entries]
+  return '\n'.join(lines)
+
+
 def per_class_markdown(results: Mapping[str, Any], class_names: Sequence[str]) -> str:
   """Vertical Markdown table: class, IoU (%), accuracy (%), one row per class."""
   iou = results['per_class_iou']
@@ -679,8 +730,13 @@ def per_class_markdown(results: Mapping[str, Any], class_names: Sequence[str]) -
 # ================================================================ data and models
 def dataset_config(dataset: str = 'synthetic_shapes/tiny', data_dir: str = '',
                    manual_dir: str = '', **data_fields: Any) -> Any:
-  """experiments/default.py's config pointed at a dataset (its class count and splits)."""
+  """experiments/default.py's config pointed at a dataset (its class count and splits).
+
+  Relative data_dir / manual_dir are resolved with `resolve_path`; '' keeps TFDS's defaults.
+  """
   from jaxseg import config_loading  # pylint: disable=g-import-not-at-top
+  data_dir = str(resolve_path(data_dir)) if data_dir else ''
+  manual_dir = str(resolve_path(manual_dir)) if manual_dir else ''
   config = config_loading.load_config(config_loading.experiments_dir() / 'default.py')
   base = dataset.split('/')[0].split(':')[0]
   splits = {'voc2012_segmentation': ('train_aug', 'val'), 'camvid': ('train', 'val'),
@@ -842,51 +898,67 @@ def sample_image(path: str | pathlib.Path | None = None, size: int = 224) -> tup
   return image, 'synthetic_shapes scene (no image file found)'
 
 
-def _normalised(image: Any) -> Any:
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from jaxseg.data import pipeline  # pylint: disable=g-import-not-at-top
-  return jnp.asarray(pipeline.normalize(np.asarray(image)[None], 'imagenet'))
+def deconvnet_switches(image: Any, width: float = 1 / 8, seed: int = 0) -> dict[str, np.ndarray]:
+  """DeconvNet's first encoder block and unpool1 on one image, with random weights.
 
+  conv1_1 and conv1_2 (3x3, VGG16's He init, ReLU; BatchNorm at its initial identity is left
+  out), then pool1 = `jaxseg.ops.max_pool_with_argmax` (2x2, stride 2, ceil mode, as the
+  model) and `jaxseg.ops.max_unpool`, which DeconvNet's decoder applies at the mirrored layer.
+  Run op by op: three small ops, nothing worth compiling a network for.
 
-def _run_random(module: Any, image: Any, seed: int) -> Any:
-  """A randomly initialised module's output on one image, run op by op (a few small ops: no
-  whole-network compilation, which costs more than it saves for one image)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  x = _normalised(image)
-  variables = module.init(jax.random.PRNGKey(seed), x)
-  return module.apply(variables, x)
-
-
-def deconvnet_switches(image: Any, block: int = 1, width: float = 1 / 16,
-                       seed: int = 0) -> dict[str, np.ndarray]:
-  """Pool{block} of DeconvNet's encoder (VGG16-BN with switches, random weights) on one image.
-
-  Returns {'before': (h, w, C) activation entering the pool, 'pooled', 'switches' (flat
-  indices), 'unpooled': jaxseg.ops.max_unpool of the pooled map, as DeconvNet's decoder does}.
+  Returns {'before': (H, W, C) activation entering pool1, 'pooled', 'switches' (flat indices
+  h * W + w), 'unpooled' (H, W, C)}.
   """
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from jaxseg import ops  # pylint: disable=g-import-not-at-top
-  from jaxseg.models import deconvnet, vgg  # pylint: disable=g-import-not-at-top
-  if not 1 <= block <= 5:
-    raise ValueError(f'block must be 1..5 (VGG16 has five pools), got {block}')
-  encoder = vgg.VGG16(width=width, batch_norm=True, switches=True,
-                      bn_bias_init=deconvnet.BN_SHIFT_INIT)
-  features = _run_random(encoder, image, seed)
-  before, pooled = features[f'block{block}'], features[f'pool{block}']
-  switches = features[f'switches{block}']
-  unpooled = ops.max_unpool(pooled, switches, before.shape[1:3])
-  return {k: np.asarray(v)[0] for k, v in (('before', before), ('pooled', pooled),
+  from jaxseg.data import pipeline  # pylint: disable=g-import-not-at-top
+  from jaxseg.models import vgg  # pylint: disable=g-import-not-at-top
+  x = jnp.asarray(pipeline.normalize(np.asarray(image)[None], 'imagenet'))
+  channels = vgg.scale_channels(vgg.VGG16_BLOCKS[0][0], width)
+  keys = jax.random.split(jax.random.PRNGKey(seed), 2)
+  for key in keys:
+    kernel = vgg.conv_init(key, (3, 3, x.shape[-1], channels))
+    x = jax.nn.relu(jax.lax.conv_general_dilated(x, kernel, (1, 1), 'SAME',
+                                                 dimension_numbers=('NHWC', 'HWIO', 'NHWC')))
+  pooled, switches = ops.max_pool_with_argmax(x, (2, 2), (2, 2), padding='VALID',
+                                              ceil_mode=True)
+  unpooled = ops.max_unpool(pooled, switches, x.shape[1:3])
+  return {k: np.asarray(v)[0] for k, v in (('before', x), ('pooled', pooled),
                                            ('switches', switches), ('unpooled', unpooled))}
 
 
-def pspnet_pyramid(image: Any, width: float = 1 / 16, stage_sizes: Sequence[int] = (1, 1, 1, 1),
-                   seed: int = 0) -> tuple[np.ndarray, dict[int, np.ndarray]]:
-  """(layer4 feature (h, w, C), {bins: adaptive average pool (bins, bins, C)}) of PSPNet's
-  dilated ResNet (random weights) on one image: what each pyramid level of the PPM pools."""
+def pspnet_feature_size(height: int, width: int) -> tuple[int, int]:
+  """(h, w) of PSPNet's layer4 map (output stride 8) for an input, from shapes only."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from jaxseg.models import pspnet, resnet  # pylint: disable=g-import-not-at-top
-  backbone = resnet.ResNet(tuple(stage_sizes), pspnet.PSP_DILATIONS, width)
-  feature = _run_random(backbone, image, seed)['layer4']
-  pooled = {b: np.asarray(pspnet.adaptive_avg_pool(feature, b))[0] for b in pspnet.PSP_BINS}
-  return np.asarray(feature)[0], pooled
+  backbone = resnet.ResNet((1, 1, 1, 1), pspnet.PSP_DILATIONS, 1 / 16)
+  out, _ = jax.eval_shape(lambda x: backbone.init_with_output(jax.random.PRNGKey(0), x),
+                          jax.ShapeDtypeStruct((1, height, width, 3), jnp.float32))
+  return tuple(out['layer4'].shape[1:3])
+
+
+def pspnet_pyramid(image: Any, bins: Sequence[int] | None = None
+                   ) -> tuple[np.ndarray, dict[int, np.ndarray], dict[int, np.ndarray]]:
+  """What PSPNet's pyramid pooling module does, shown on colours instead of learnt features.
+
+  The image is average-pooled to the size of PSPNet's layer4 map (output stride 8, e.g. 60x60
+  for 473x473) as a stand-in for the features; each level then pools it into bins x bins cells
+  and upsamples back (align_corners bilinear), with the model's own `adaptive_avg_pool` and
+  `resize_bilinear`. Returns (feature (h, w, 3), {bins: pooled (bins, bins, 3)},
+  {bins: upsampled (h, w, 3)}), float RGB 0-255.
+  """
+  from jaxseg.models import pspnet  # pylint: disable=g-import-not-at-top
+  image = np.asarray(image, np.float32)[None]
+  size = pspnet_feature_size(image.shape[1], image.shape[2])
+  feature = pspnet.adaptive_avg_pool(image, size)
+  pooled, upsampled = {}, {}
+  for b in bins or pspnet.PSP_BINS:
+    cells = pspnet.adaptive_avg_pool(feature, b)
+    pooled[b] = np.asarray(cells)[0]
+    upsampled[b] = np.asarray(pspnet.resize_bilinear(cells, size, align_corners=True))[0]
+  return np.asarray(feature)[0], pooled, upsampled
 
 
 @dataclasses.dataclass(frozen=True)
@@ -965,6 +1037,21 @@ def _flat_shapes(output: Any, prefix: str = '') -> tuple[tuple[str, tuple[int, .
     return tuple(item for k, value in enumerate(output)
                  for item in _flat_shapes(value, f'{prefix}{k}.'))
   return ((prefix.rstrip('.'), tuple(int(d) for d in output.shape)),)
+
+
+PAPER_INPUTS = {'fcn32s': 500, 'fcn16s': 500, 'fcn8s': 500, 'deconvnet': 224, 'pspnet50': 473,
+                'pspnet101': 473}  # FCN: VOC's largest side; DeconvNet and PSPNet: their crops.
+
+
+def models_markdown(num_classes: int = 21, inputs: Mapping[str, int] | None = None) -> str:
+  """Markdown table of every registered network at full width: input, parameters, constraint."""
+  from jaxseg import models  # pylint: disable=g-import-not-at-top
+  inputs = dict(PAPER_INPUTS if inputs is None else inputs)
+  lines = ['| model | input | parameters | input sizes |', '|---|---|---:|---|']
+  for name, size in inputs.items():
+    count = parameter_count(models.create_model(name, num_classes), (1, size, size, 3))
+    lines.append(f'| {name} | {size}x{size} | {count:,} | {models.model_input_constraint(name)} |')
+  return '\n'.join(lines)
 
 
 def stages_markdown(rows: Sequence[Stage]) -> str:
