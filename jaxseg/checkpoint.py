@@ -15,6 +15,7 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh
 from orbax.checkpoint import checkpoint_managers
@@ -106,6 +107,28 @@ def write_workdir_config(workdir: str | pathlib.Path, config: ml_collections.Con
   tmp.replace(path)
 
 
+# Orbax writes a replicated array from all replicas in parallel, slicing it with one small jitted
+# program per shape; below this many bytes per slice it is not worth the compiles.
+_MIN_REPLICA_PARALLEL_BYTES = 4 << 20
+
+
+def _type_handlers() -> Any:
+  """Orbax's default type handlers, with replica-parallel saving only for large arrays."""
+  try:
+    from orbax.checkpoint._src.metadata import array_metadata_store  # pylint: disable=g-import-not-at-top
+    store = array_metadata_store.Store()
+  except ImportError:
+    store = None
+  th = ocp.type_handlers
+  return th.create_type_handler_registry(
+      (int, th.ScalarHandler()), (float, th.ScalarHandler()), (bytes, th.ScalarHandler()),
+      (np.number, th.ScalarHandler()), (np.ndarray, th.NumpyHandler()),
+      (jax.Array, th.ArrayHandler(
+          array_metadata_store=store,
+          min_slice_bytes_for_replica_parallel=_MIN_REPLICA_PARALLEL_BYTES)),
+      (str, th.StringHandler()))
+
+
 def _best_metric(metrics: dict) -> float:
   return float(metrics.get(BEST_METRIC, float('-inf')))
 
@@ -130,7 +153,8 @@ class Checkpointer:
         read_only=read_only, create=not read_only)
     self._manager = ocp.CheckpointManager(
         self.directory, options=options,
-        item_handlers={'state': ocp.PyTreeCheckpointHandler(),
+        item_handlers={'state': ocp.PyTreeCheckpointHandler(
+                           type_handler_registry=_type_handlers()),
                        'config': ocp.JsonCheckpointHandler()})
 
   # -- queries
@@ -224,6 +248,12 @@ class Checkpointer:
     self._manager.close()
 
 
+def _config_from_dict(values: dict) -> ml_collections.ConfigDict:
+  """A locked ConfigDict (sequences as tuples, missing fields from experiments/default.py)."""
+  from jaxseg import config_loading  # pylint: disable=g-import-not-at-top
+  return config_loading.from_dict(values)
+
+
 def load_for_inference(workdir: str | pathlib.Path, mesh: Mesh,
                        which: str | int = 'best') -> tuple[dict, ml_collections.ConfigDict, int]:
   """(variables, config, step) of a trained workdir: what `jaxseg eval/predict` need.
@@ -233,7 +263,7 @@ def load_for_inference(workdir: str | pathlib.Path, mesh: Mesh,
   checkpointer = Checkpointer(workdir, read_only=True)
   try:
     step = checkpointer.resolve_step(which)
-    config = ml_collections.ConfigDict(checkpointer.config(step))
+    config = _config_from_dict(checkpointer.config(step))
     variables = checkpointer.restore_variables(step, mesh)
   finally:
     checkpointer.close()

@@ -63,7 +63,7 @@ def write_report(workdir: str | pathlib.Path, output: str | pathlib.Path | None 
   # ------------------------------------------------------------ curves
   if has_metrics:
     records = visualize.read_metrics(workdir)
-    train, evals = visualize.split_records(records)
+    train, _ = visualize.split_records(records)
     name = _save(visualize.plot_training_curves(records, title=f'Training: {workdir.name}'),
                  output / 'training_curves.png')
     last = train[-1] if train else None

@@ -27,7 +27,9 @@ import re
 from typing import Any
 
 import matplotlib
+import matplotlib.colors
 from matplotlib import patches
+import matplotlib.ticker
 from matplotlib.figure import Figure
 import numpy as np
 
@@ -341,8 +343,7 @@ def plot_confusion_matrix(cm: Any, class_names: Sequence[str],
   size = max(4.5, 0.42 * n + 2.5)
   fig = Figure(figsize=(size + 1, size), layout='constrained')
   ax = fig.subplots()
-  cmap = matplotlib.colormaps['Blues'].copy()
-  cmap.set_bad('lightgrey')
+  cmap = matplotlib.colormaps['Blues'].with_extremes(bad='lightgrey')  # Absent classes.
   image = ax.imshow(np.ma.masked_invalid(norm), cmap=cmap, vmin=0, vmax=1)
   if n <= 25:
     for i in range(n):
@@ -463,6 +464,9 @@ def plot_class_frequencies(counts: Sequence[int], class_names: Sequence[str], pa
   for i, s in enumerate(share):
     ax.text(i, s if s > 0 else 1e-3, f'{s:.2g}', ha='center', va='bottom', fontsize='small')
   ax.set_yscale('log')
+  ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+  ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f'{v:g}'))
+  ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
   ax.set_xticks(x, list(class_names), rotation=45 if len(counts) > 6 else 0,
                 ha='right' if len(counts) > 6 else 'center')
   ax.set_ylabel('% of labelled pixels (log scale)')
@@ -996,7 +1000,7 @@ def stages(model: Any, input_shape: Sequence[int], max_depth: int = 2,
 
   order: dict[tuple[str, ...], int] = {}
 
-  def keep(module, method_name):  # Called as modules are entered: records the call order.
+  def keep(module, method_name):  # Called as each module returns: records the call order.
     if method_name != '__call__' or type(module).__name__ in skip:
       return False
     order.setdefault(tuple(module.path), len(order))
@@ -1019,7 +1023,11 @@ def stages(model: Any, input_shape: Sequence[int], max_depth: int = 2,
         visit(value, path + [name])
 
   visit(variables.get('intermediates', {}), [])
-  found.sort(key=lambda item: order.get(item[0], len(order)))
+
+  def started(path):  # Outputs are recorded as calls return: a module starts at its first child.
+    return min(n for p, n in order.items() if p[:len(path)] == path)
+
+  found.sort(key=lambda item: (started(item[0]), len(item[0])))
   rows = []
   for path, output in found:
     sub = params
