@@ -115,7 +115,8 @@ _MIN_REPLICA_PARALLEL_BYTES = 4 << 20
 def _type_handlers() -> Any:
   """Orbax's default type handlers, with replica-parallel saving only for large arrays."""
   try:
-    from orbax.checkpoint._src.metadata import array_metadata_store  # pylint: disable=g-import-not-at-top
+    # pylint: disable-next=g-import-not-at-top
+    from orbax.checkpoint._src.metadata import array_metadata_store
     store = array_metadata_store.Store()
   except ImportError:
     store = None

@@ -16,6 +16,7 @@ import functools
 import json
 import math
 import pathlib
+import re
 from typing import Any
 
 import jax
@@ -272,8 +273,10 @@ def evaluate(config: ml_collections.ConfigDict, model: Any, variables: Any, mesh
 
 
 def results_path(workdir: str | pathlib.Path, split: str, step: int | None) -> pathlib.Path:
+  """workdir/eval/<split>_step<N>.json (a sliced split like 'val[:50]' becomes 'val__50_')."""
   suffix = f'_step{step}' if step is not None else ''
-  return pathlib.Path(workdir) / 'eval' / f'{split}{suffix}.json'
+  name = re.sub(r'[^\w.+-]', '_', split)
+  return pathlib.Path(workdir) / 'eval' / f'{name}{suffix}.json'
 
 
 def write_results(results: dict[str, Any], workdir: str | pathlib.Path, split: str,

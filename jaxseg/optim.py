@@ -37,7 +37,8 @@ def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
   total = int(config.train.num_steps)
   warmup = int(optim.warmup_steps)
   if optim.schedule not in SCHEDULES:
-    raise ValueError(f'config.optim.schedule={optim.schedule!r} is unknown; use one of {SCHEDULES}.')
+    raise ValueError(f'config.optim.schedule={optim.schedule!r} is unknown; use one of '
+                     f'{SCHEDULES}.')
   if warmup < 0 or (warmup and warmup >= total):
     raise ValueError(f'config.optim.warmup_steps={warmup} must be >= 0 and below '
                      f'config.train.num_steps={total}.')

@@ -170,8 +170,9 @@ def make_train_step(config: ml_collections.ConfigDict, model: nn.Module,
     if not sync_bn:  # Per-device statistics differ; keep the replicated state replicated.
       batch_stats = lax.pmean(batch_stats, axis)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                              batch_stats=batch_stats, opt_state=opt_state)
+    params = optax.apply_updates(state.params, updates)
+    new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                              opt_state=opt_state)
     metrics = dict(metrics, grad_norm=optax.tree.norm(grads),
                    learning_rate=schedule(state.step))
     return new_state, metrics
@@ -342,7 +343,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   pending: list[_Pending] = []
   interval_losses: list[float] = []
   last_values: dict[str, Any] = {}  # Host metrics of the latest checked step.
-  interval_start, interval_steps = time.perf_counter(), 0
+  interval_start, interval_steps, paused = time.perf_counter(), 0, 0.0
 
   def check(upto: int) -> None:
     """Fetches metrics of steps <= upto; raises on a non-finite loss or gradient."""
@@ -377,7 +378,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
       if every(train_cfg.log_every, step):
         check(step)
-        elapsed = time.perf_counter() - interval_start
+        elapsed = time.perf_counter() - interval_start - paused  # Without evals and saves.
         values = last_values
         record = {'loss': float(np.mean(interval_losses)),
                   'lr': float(values['learning_rate']),
@@ -391,15 +392,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                              img_s=f'{record["images_per_sec"]:.1f}')
         final['loss'] = record['loss']
         interval_losses.clear()
-        interval_start, interval_steps = time.perf_counter(), 0
+        interval_start, interval_steps, paused = time.perf_counter(), 0, 0.0
 
       eval_now = every(train_cfg.eval_every, step)
       if eval_now or every(train_cfg.checkpoint_every, step):
         check(step)  # Never evaluate or save a state made from a non-finite step.
+        pause_start = time.perf_counter()
         scores = run_eval(step) if eval_now else None
         checkpointer.save(step, state, config, metrics=scores)
         last_saved = step
-        interval_start = time.perf_counter()
+        paused += time.perf_counter() - pause_start
     if start_step >= num_steps and evaluator is not None:
       run_eval(start_step)  # Already trained: report the final scores again.
     final['step'] = max(start_step, num_steps)

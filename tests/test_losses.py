@@ -1,4 +1,4 @@
-"""Pixel cross-entropy against an independent NumPy implementation, and its device-count invariance."""
+"""Pixel cross-entropy against NumPy and PyTorch, and its invariance to the device count."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,7 +10,7 @@ from jaxseg import parallel
 
 
 def numpy_cross_entropy(logits, labels, ignore=255, weights=None, normalize=True):
-  """Reference: loop-free NumPy, float64, PyTorch CrossEntropyLoss(weight, ignore_index) semantics."""
+  """Reference in float64 NumPy with torch's CrossEntropyLoss(weight, ignore_index) semantics."""
   logits = logits.astype(np.float64)
   shifted = logits - logits.max(-1, keepdims=True)
   log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))

@@ -1,4 +1,4 @@
-"""Mesh helpers, the shard_map step wrapper, and 2 processes x 4 devices == 1 process x 8 devices."""
+"""Mesh helpers, the shard_map step wrapper, and 2 processes x 4 devices == 1 x 8 devices."""
 import os
 import pathlib
 import socket
@@ -39,7 +39,8 @@ def test_data_parallel_is_per_device_and_donates():
 
   def per_device(state, batch):
     local = jnp.sum(batch)  # This device's slice only.
-    return {'total': state['total'] + lax.psum(local, 'data')}, {'local_mean': lax.pmean(local, 'data')}
+    new_state = {'total': state['total'] + lax.psum(local, 'data')}
+    return new_state, {'local_mean': lax.pmean(local, 'data')}
 
   step = parallel.data_parallel(per_device, mesh)
   state = parallel.replicate({'total': np.float32(1.0)}, mesh)
@@ -185,3 +186,25 @@ def test_two_processes_match_one_process(tmp_path):
   assert set(got.files) == set(expected) | {'losses'}
   for key, value in expected.items():
     np.testing.assert_allclose(got[key], value, rtol=1e-4, atol=1e-5, err_msg=key)
+
+
+def test_bfloat16_compute_keeps_float32_params_and_loss():
+  config = tiny_config()
+  mesh = parallel.create_mesh()
+  from jaxseg import optim  # pylint: disable=g-import-not-at-top
+  tx, schedule = optim.create_optimizer(config)
+  results = {}
+  for name in ('float32', 'bfloat16'):
+    config.model.dtype = name
+    model = TinySegNet(config.data.num_classes, dtype=train.compute_dtype(config),
+                       sync_bn_axis='data')
+    state = train.create_train_state(config, model, tx, mesh)
+    state, metrics = train.make_train_step(config, model, tx, schedule, mesh)(
+        state, parallel.shard_batch(tiny_batches(config, steps=1)[0], mesh))
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(state.params))
+    assert metrics['loss'].dtype == jnp.float32
+    results[name] = float(metrics['loss'])
+  assert results['bfloat16'] == pytest.approx(results['float32'], rel=2e-2)
+  config.model.dtype = 'fp8'
+  with pytest.raises(ValueError, match="config.model.dtype='fp8'"):
+    train.compute_dtype(config)
