@@ -5,8 +5,9 @@ temporary folder and renames). Retention keeps the last `keep` checkpoints plus 
 eval mean IoU (orbax preservation policies LatestN | BestN), so the best survives however long
 training continues. Steps count completed updates: checkpoint N holds the state after N updates.
 
-A workdir remembers the config it was made with (<workdir>/config.json); training with a config
-that changes the model or the data it was trained on is refused unless explicitly allowed.
+Each checkpoint holds the config it was trained with (<workdir>/config.json mirrors the latest run's
+for people and tools); resuming with a config that changes the model or the data the state was
+trained on is refused unless explicitly allowed.
 """
 import json
 import logging

@@ -26,7 +26,7 @@ from typing import Any
 
 from jaxseg import config_loading
 
-PLUGINS = ('weights', 'visualize', 'benchmark')  # jaxseg.<name>.register(subparsers), if present.
+PLUGINS = ('weights', 'report', 'benchmark')  # jaxseg.<name>.register(subparsers), if present.
 USAGE_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
                 PermissionError)
 DEMO_PREDICTIONS = 4

@@ -1,7 +1,8 @@
 """The trainer: `train_and_evaluate(config, workdir)`.
 
-Read top to bottom, the sections tell the training story: mesh, model, shard (initial or
-restored state), update (the per-device step), input, evals, checkpoint, loop.
+Read top to bottom, the banners of `_train` tell the training story: checkpoint (what the workdir
+already holds), mesh, model, shard (initial or restored state), update (the per-device step,
+defined in `make_train_step`), evals, input, loop (log, guard, evaluate, save).
 
 The step is written per device, as for `jax.pmap` (see jaxseg.parallel): each device computes
 the loss and gradients of its slice of the batch, gradients are `pmean`ed over 'data', BatchNorm
@@ -212,7 +213,10 @@ class MetricWriter:
       self.path.write_text(''.join(line + '\n' for line in kept))
     try:
       import tensorflow as tf  # pylint: disable=g-import-not-at-top
-      tf.config.set_visible_devices([], 'GPU')
+      try:
+        tf.config.set_visible_devices([], 'GPU')  # TF writes files only; GPUs belong to JAX.
+      except RuntimeError:
+        pass  # TF's devices were initialised already (by the input pipeline, which hides them).
       self._tf = tf
       self._tb = tf.summary.create_file_writer(str(workdir / TENSORBOARD_DIR))
       self._scalar_metadata = tf.compat.v1.SummaryMetadata()
@@ -276,22 +280,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   """
   parallel.maybe_initialize_distributed()
   workdir = pathlib.Path(workdir)
-  is_main = jax.process_index() == 0
   _check_config(config)
+  checkpointer = checkpoint_lib.Checkpointer(workdir, config.train.keep_checkpoints)
+  try:
+    return _train(config, workdir, checkpointer, allow_config_change)
+  finally:
+    checkpointer.wait()  # A save in flight (the last good state) completes even on errors.
+    checkpointer.close()
+
+
+def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path,
+           checkpointer: checkpoint_lib.Checkpointer, allow_config_change: bool) -> dict:
+  """train_and_evaluate's body, given the workdir's checkpointer."""
+  is_main = jax.process_index() == 0
   train_cfg = config.train
 
   # ------------------------------------------------------------ checkpoint: the workdir's past
-  checkpointer = checkpoint_lib.Checkpointer(workdir, train_cfg.keep_checkpoints)
   latest = checkpointer.latest_step()
-  stored = checkpoint_lib.read_workdir_config(workdir)
-  if stored is None and latest is not None:
-    stored = checkpointer.config(latest)
-  if stored is not None:
-    changed = checkpoint_lib.check_compatible(stored, config, source=f'workdir {workdir}',
-                                              allow_config_change=allow_config_change)
+  if latest is not None:  # The config saved with the state is what the state belongs to.
+    changed = checkpoint_lib.check_compatible(
+        checkpointer.config(latest), config, source=f'workdir {workdir}',
+        allow_config_change=allow_config_change)
     if changed:
-      logging.warning('Config differs from the workdir\'s: %s', changed)
-  checkpoint_lib.write_workdir_config(workdir, config)
+      logging.warning('Config differs from the checkpoint\'s: %s', changed)
 
   # ------------------------------------------------------------ mesh
   mesh = parallel.create_mesh()
@@ -310,6 +321,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     state = create_train_state(config, model, tx, mesh)
   start_step = int(parallel.to_host(state.step))
   num_steps = int(train_cfg.num_steps)
+  # Written once the config proved buildable (a typo must not claim the workdir).
+  checkpoint_lib.write_workdir_config(workdir, config)
 
   # ------------------------------------------------------------ update
   train_step = make_train_step(config, model, tx, schedule, mesh)
@@ -407,7 +420,5 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     final['step'] = max(start_step, num_steps)
   finally:
     progress.close()
-    checkpointer.wait()
-    checkpointer.close()
     writer.close()
   return final

@@ -309,7 +309,8 @@ def plot_per_class_iou(per_class_iou: Sequence[float], class_names: Sequence[str
   ax.barh(y, np.nan_to_num(100 * iou), color=colours, edgecolor='black', linewidth=0.6)
   for i, v in enumerate(iou):
     ax.text((0 if math.isnan(v) else 100 * v) + 1, i,
-            'absent' if math.isnan(v) else f'{100 * v:.1f}', va='center', fontsize='small')
+            'absent' if math.isnan(v) else f'{100 * v:.1f}', va='center', fontsize='small',
+            bbox=dict(facecolor='white', edgecolor='none', alpha=0.8, pad=1))
   mean = np.nanmean(iou) if np.isfinite(iou).any() else math.nan
   if not math.isnan(mean):
     ax.axvline(100 * mean, color='black', linestyle='--', linewidth=1,

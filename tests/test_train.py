@@ -241,6 +241,14 @@ def test_bad_batch_size_is_named(tmp_path, data_dir):
     train.train_and_evaluate(tiny_config(data_dir, batch_size=12), tmp_path)
 
 
+def test_unbuildable_config_does_not_claim_the_workdir(tmp_path, data_dir):
+  config = tiny_config(data_dir)
+  config.model.name = 'fcn8'
+  with pytest.raises(ValueError, match="Unknown model 'fcn8'"):
+    train.train_and_evaluate(config, tmp_path)
+  assert not (tmp_path / 'config.json').exists()
+
+
 def test_config_identity_check():
   stored = checkpoint.config_to_dict(default.get_config())
   config = default.get_config()
