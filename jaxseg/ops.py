@@ -16,6 +16,7 @@ kernel runs, so they also inline into an outer `jax.jit`) and are differentiable
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any, Callable, Sequence, Union
 
 import flax.linen as nn
@@ -60,13 +61,13 @@ def _same_pads(kernel_hw: Sequence[int], rates: Sequence[int]) -> tuple[tuple[in
   return tuple(pads)
 
 
-@functools.partial(jax.jit, static_argnames=('strides', 'rates', 'pads', 'dtype', 'precision'))
-def _atrous_conv(x, kernel, bias, strides, rates, pads, dtype, precision):
+@functools.partial(jax.jit, static_argnames=('strides', 'rates', 'pads', 'dtype', 'precision',
+                                             'impl'))
+def _atrous_conv(x, kernel, bias, strides, rates, pads, dtype, precision, impl):
+  del impl  # Static: a jit cache key, so set_conv_impl() takes effect.
   x = x.astype(dtype)
   kernel = kernel.astype(dtype)
-  y = lax.conv_general_dilated(
-      x, kernel, window_strides=strides, padding=pads, rhs_dilation=rates,
-      dimension_numbers=_CONV_DIMS, precision=precision)
+  y = conv2d(x, kernel, strides, pads, rates, precision)
   if bias is not None:
     y = y + bias.astype(dtype)
   return y
@@ -103,7 +104,8 @@ def atrous_conv(x: Array, kernel: Array, rate: Pair = 1, bias: Array | None = No
   if dtype is None:
     dtype = jnp.result_type(*(a for a in (x, kernel, bias) if a is not None))
   pads = _same_pads(kernel.shape[:2], rates)
-  return _atrous_conv(x, kernel, bias, strides, rates, pads, jnp.dtype(dtype), precision)
+  return _atrous_conv(x, kernel, bias, strides, rates, pads, jnp.dtype(dtype), precision,
+                      _CONV_IMPL[0])
 
 
 class AtrousConv(nn.Module):
@@ -341,3 +343,294 @@ def max_unpool(pooled: Array, switches: Array, output_shape: Sequence[int],
                      f'{padding!r} (expected one of {sorted(expected)}); pass the pre-pool (H, W)')
   origin = (pads[0][0], pads[1][0])
   return _max_unpool(pooled, switches.astype(jnp.int32), strides, origin, output_hw)
+
+
+# ----------------------------------------------------------------------------------------------
+# Convolutions, formulated for speed on XLA:CPU
+# ----------------------------------------------------------------------------------------------
+# XLA:CPU's convolution is fast for the forward pass and the input gradient of ordinary 3x3 convs,
+# but slow (20-60x off the matmul rate) for some shapes the papers' networks are made of, while
+# its matmuls are fast. Measured on a 2-core Xeon (BENCHMARKS.md):
+#   - the kernel gradient of every conv (XLA lowers it as a conv with batch and features swapped);
+#   - 1x1 convs (ResNet bottlenecks, FCN fc7 and score layers), forward and backward;
+#   - large kernels on small maps (FCN/DeconvNet fc6: 7x7 on 10x10), which are mostly padding;
+#   - transposed convs: strided ones (FCN upsampling) multiply the 1-in-s^2 dilated zeros, and
+#     DeconvNet's fc6_deconv (7x7, 4096 -> 512 on a 4x4 map padded to 16x16) takes a minute.
+# So on the CPU `conv2d` / `conv_transpose` write these as matmuls: 1x1 -> one dot; large kernels
+# on small maps -> im2col patches @ kernel; transposed convs -> x @ kernel, then the per-tap
+# products are added into place ("col2im"), touching no zeros; and every other conv keeps XLA's
+# forward and input gradient with a custom VJP whose kernel gradient is patches^T @ dy. Values are
+# the same convolution up to float summation order. Other backends (GPU/TPU: cuDNN, MXU) keep
+# lax's convolution. `JAXSEG_CONV_IMPL=lax` (or `set_conv_impl('lax')`) forces lax everywhere.
+
+CONV_IMPLS = ('auto', 'lax')
+_CONV_IMPL = [os.environ.get('JAXSEG_CONV_IMPL', 'auto')]
+# Largest im2col patch tensor (bytes) materialised for a kernel gradient or a big-kernel forward.
+PATCH_BYTES = 256 * 2**20
+Pads = tuple[tuple[int, int], tuple[int, int]]
+
+
+def set_conv_impl(impl: str) -> None:
+  """'auto' (matmul formulations on the CPU, lax elsewhere) or 'lax' (lax everywhere)."""
+  if impl not in CONV_IMPLS:
+    raise ValueError(f'conv impl must be one of {CONV_IMPLS}, got {impl!r}')
+  _CONV_IMPL[0] = impl
+
+
+def _use_matmul_forms() -> bool:
+  if _CONV_IMPL[0] not in CONV_IMPLS:
+    raise ValueError(f'JAXSEG_CONV_IMPL must be one of {CONV_IMPLS}, got {_CONV_IMPL[0]!r}')
+  return _CONV_IMPL[0] == 'auto' and jax.default_backend() == 'cpu'
+
+
+def _lax_conv(x, kernel, strides, pads, rates, precision):
+  return lax.conv_general_dilated(x, kernel, strides, pads, rhs_dilation=rates,
+                                  dimension_numbers=_CONV_DIMS, precision=precision)
+
+
+def _conv_out_size(n: int, k: int, s: int, r: int, pad: tuple[int, int]) -> int:
+  return (n + pad[0] + pad[1] - r * (k - 1) - 1) // s + 1
+
+
+def _taps(x, kernel_hw, strides, pads, rates, out_hw):
+  """Yields (i, j, slice of the padded x that tap (i, j) of the kernel reads), (N, OH, OW, C)."""
+  if any(p for pair in pads for p in pair):
+    x = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+  n, _, _, c = x.shape
+  (sh, sw), (rh, rw), (oh, ow) = strides, rates, out_hw
+  for i in range(kernel_hw[0]):
+    for j in range(kernel_hw[1]):
+      yield i, j, lax.slice(x, (0, i * rh, j * rw, 0),
+                            (n, i * rh + (oh - 1) * sh + 1, j * rw + (ow - 1) * sw + 1, c),
+                            (1, sh, sw, 1))
+
+
+def _patches(x, kernel_hw, strides, pads, rates, out_hw):
+  """im2col: (N, OH, OW, kh * kw * C), tap-major, matching kernel.reshape(kh * kw * C, O)."""
+  return jnp.concatenate([t for _, _, t in _taps(x, kernel_hw, strides, pads, rates, out_hw)],
+                         axis=-1)
+
+
+def _kernel_grad(x, dy, kernel_shape, strides, pads, rates, precision):
+  """d conv / d kernel as matmuls: patches^T @ dy (or one dot per tap if patches are big)."""
+  kh, kw, c, o = kernel_shape
+  out_hw = dy.shape[1:3]
+  patch_bytes = x.shape[0] * out_hw[0] * out_hw[1] * kh * kw * c * x.dtype.itemsize
+  if patch_bytes <= PATCH_BYTES:
+    patches = _patches(x, (kh, kw), strides, pads, rates, out_hw)
+    grad = jnp.einsum('nhwk,nhwo->ko', patches, dy, precision=precision)
+    return grad.reshape(kh, kw, c, o)
+  taps = [jnp.einsum('nhwc,nhwo->co', t, dy, precision=precision)
+          for _, _, t in _taps(x, (kh, kw), strides, pads, rates, out_hw)]
+  return jnp.stack(taps).reshape(kh, kw, c, o)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _conv_matmul_grad(x, kernel, strides, pads, rates, precision):
+  """lax's convolution, with the kernel gradient computed as a matmul."""
+  return _lax_conv(x, kernel, strides, pads, rates, precision)
+
+
+def _conv_matmul_grad_fwd(x, kernel, strides, pads, rates, precision):
+  return _lax_conv(x, kernel, strides, pads, rates, precision), (x, kernel)
+
+
+def _conv_matmul_grad_bwd(strides, pads, rates, precision, residuals, dy):
+  x, kernel = residuals
+  _, input_vjp = jax.vjp(lambda x: _lax_conv(x, kernel, strides, pads, rates, precision), x)
+  dx, = input_vjp(dy)
+  dk = _kernel_grad(x, dy, kernel.shape, strides, pads, rates, precision)
+  return dx, dk.astype(kernel.dtype)
+
+
+_conv_matmul_grad.defvjp(_conv_matmul_grad_fwd, _conv_matmul_grad_bwd)
+
+
+def conv2d(x: Array, kernel: Array, strides: Sequence[int] = (1, 1),
+           padding: Sequence[Sequence[int]] = ((0, 0), (0, 0)), rates: Sequence[int] = (1, 1),
+           precision: Any = None) -> Array:
+  """Cross-correlation of NHWC x with an HWIO kernel (lax.conv_general_dilated's numbers).
+
+  Args:
+    x: (N, H, W, C).
+    kernel: (kh, kw, C, O).
+    strides, rates: per spatial dim (rates = kernel dilation).
+    padding: ((top, bottom), (left, right)), non-negative.
+    precision: matmul/conv precision.
+
+  Returns:
+    (N, OH, OW, O) with OH = (H + top + bottom - rate * (kh - 1) - 1) // stride + 1.
+  """
+  strides, rates = tuple(strides), tuple(rates)
+  pads = tuple((int(lo), int(hi)) for lo, hi in padding)
+  if not _use_matmul_forms():
+    return _lax_conv(x, kernel, strides, pads, rates, precision)
+  kh, kw, c, o = kernel.shape
+  n, h, w, _ = x.shape
+  out_hw = tuple(_conv_out_size(*a) for a in zip((h, w), (kh, kw), strides, rates, pads))
+  if (kh, kw) == (1, 1):  # A matmul over channels, on the strided (and padded) grid.
+    tap = next(t for _, _, t in _taps(x, (1, 1), strides, pads, rates, out_hw))
+    return jnp.einsum('nhwc,co->nhwo', tap, kernel[0, 0], precision=precision)
+  patch_bytes = n * out_hw[0] * out_hw[1] * kh * kw * c * x.dtype.itemsize
+  if kh * kw >= 25 and patch_bytes <= PATCH_BYTES:  # Big kernel (fc6): im2col + one matmul.
+    patches = _patches(x, (kh, kw), strides, pads, rates, out_hw)
+    return jnp.einsum('nhwk,ko->nhwo', patches, kernel.reshape(kh * kw * c, o),
+                      precision=precision)
+  return _conv_matmul_grad(x, kernel, strides, pads, rates, precision)
+
+
+def _fold(y, strides, out_hw):
+  """col2im: y (N, h, w, kh, kw, O) of per-tap products -> (N, (h-1)*s + kh, ..., O), summed.
+
+  Tap (a, b) of input cell (i, j) lands on output (s_h * i + a, s_w * j + b). With q = a // s
+  and r = a % s that is block i + q, offset r: the sum over q of block-shifted copies.
+  """
+  n, h, w, kh, kw, o = y.shape
+  sh, sw = strides
+  qh, qw = -(-kh // sh), -(-kw // sw)  # Blocks a kernel spans.
+  y = jnp.pad(y, ((0, 0), (0, 0), (0, 0), (0, qh * sh - kh), (0, qw * sw - kw), (0, 0)))
+  y = y.reshape(n, h, w, qh, sh, qw, sw, o)
+  out = None
+  for a in range(qh):
+    for b in range(qw):
+      # Block (i + a, j + b) of the (h + qh - 1, w + qw - 1) block grid gets y[:, i, j, a, :, b].
+      part = jnp.pad(y[:, :, :, a, :, b, :, :],
+                     ((0, 0), (a, qh - 1 - a), (b, qw - 1 - b), (0, 0), (0, 0), (0, 0)))
+      out = part if out is None else out + part
+  out = out.transpose(0, 1, 3, 2, 4, 5).reshape(n, (h + qh - 1) * sh, (w + qw - 1) * sw, o)
+  return out[:, :out_hw[0], :out_hw[1]]
+
+
+def conv_transpose(x: Array, kernel: Array, strides: Sequence[int] = (1, 1),
+                   padding: Sequence[Sequence[int]] = ((0, 0), (0, 0)),
+                   precision: Any = None) -> Array:
+  """torch's conv_transpose2d (Caffe's Deconvolution) for NHWC x, without output_padding.
+
+  Args:
+    x: (N, h, w, C).
+    kernel: (kh, kw, O, C): Flax `nn.ConvTranspose(transpose_kernel=True)`'s layout, i.e. torch's
+      (C, O, kh, kw) weight transposed by (2, 3, 1, 0).
+    strides: (s_h, s_w).
+    padding: torch's `padding`, cropped from each side: ((top, bottom), (left, right)).
+    precision: matmul/conv precision.
+
+  Returns:
+    (N, (h - 1) * s_h + kh - top - bottom, (w - 1) * s_w + kw - left - right, O).
+  """
+  strides = tuple(strides)
+  pads = tuple((int(lo), int(hi)) for lo, hi in padding)
+  kh, kw, o, c = kernel.shape
+  n, h, w, _ = x.shape
+  full = ((h - 1) * strides[0] + kh, (w - 1) * strides[1] + kw)
+  out_hw = (full[0] - sum(pads[0]), full[1] - sum(pads[1]))
+  if min(out_hw) < 1 or any(p < 0 for pair in pads for p in pair):
+    raise ValueError(f'conv_transpose: padding {pads} must be >= 0 and leave a non-empty output '
+                     f'(full size {full})')
+  fold_bytes = n * h * w * kh * kw * o * x.dtype.itemsize
+  use_fold = _use_matmul_forms() and (
+      strides != (1, 1) or (kh * kw >= 25 and fold_bytes <= PATCH_BYTES))
+  if use_fold:  # Every input cell times the whole kernel, added into place: no zeros touched.
+    y = jnp.einsum('nhwc,abdc->nhwabd', x, kernel, precision=precision)
+    out = _fold(y, strides, full)
+    return out[:, pads[0][0]:pads[0][0] + out_hw[0], pads[1][0]:pads[1][0] + out_hw[1]]
+  # The gradient of a convolution: a conv of the (dilated) input with the flipped kernel.
+  flipped = jnp.flip(kernel, (0, 1)).swapaxes(2, 3)
+  conv_pads = ((kh - 1 - pads[0][0], kh - 1 - pads[0][1]), (kw - 1 - pads[1][0], kw - 1 - pads[1][1]))
+  if strides == (1, 1) and all(p >= 0 for pair in conv_pads for p in pair):
+    return conv2d(x, flipped, (1, 1), conv_pads, (1, 1), precision)
+  return lax.conv_general_dilated(x, flipped, (1, 1), conv_pads, lhs_dilation=strides,
+                                  dimension_numbers=_CONV_DIMS, precision=precision)
+
+
+def _conv_padding(padding: Padding, size: Sequence[int], kernel_hw: Sequence[int],
+                  strides: Sequence[int], rates: Sequence[int], where: str) -> Pads:
+  """nn.Conv's padding spec ('SAME', 'VALID', int, (ph, pw) or pairs) -> explicit pairs."""
+  if isinstance(padding, str):
+    if padding.upper() not in ('SAME', 'VALID'):
+      raise ValueError(f"{where}: padding must be 'SAME', 'VALID', an int or pairs, "
+                       f'got {padding!r}')
+    dilated = [r * (k - 1) + 1 for k, r in zip(kernel_hw, rates)]
+    return tuple(lax.padtype_to_pads(tuple(size), dilated, tuple(strides), padding.upper()))
+  if isinstance(padding, (int, np.integer)):
+    return ((int(padding),) * 2,) * 2
+  padding = tuple(padding)
+  if len(padding) == 2 and all(isinstance(p, (int, np.integer)) for p in padding):
+    return tuple((int(p), int(p)) for p in padding)
+  if len(padding) == 2 and all(len(tuple(p)) == 2 for p in padding):
+    return tuple((int(lo), int(hi)) for lo, hi in padding)
+  raise ValueError(f'{where}: padding must be an int, (ph, pw) or ((top, bottom), (left, right)), '
+                   f'got {padding!r}')
+
+
+class Conv(nn.Module):
+  """`nn.Conv` (2-D, NHWC) computed by `conv2d`: same params ('kernel' HWIO, 'bias'), same numbers.
+
+  Attributes are nn.Conv's: features, kernel_size, strides, padding ('SAME', 'VALID', an int,
+  (ph, pw) or ((top, bottom), (left, right))), kernel_dilation, use_bias, dtype, param_dtype,
+  precision, kernel_init, bias_init.
+  """
+  features: int
+  kernel_size: Sequence[int]
+  strides: Pair = 1
+  padding: Padding = 'SAME'
+  kernel_dilation: Pair = 1
+  use_bias: bool = True
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+  precision: Any = None
+  kernel_init: Callable[..., Array] = nn.initializers.lecun_normal()
+  bias_init: Callable[..., Array] = nn.initializers.zeros_init()
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    where = f'Conv {self.name}'
+    _check_nhwc(x, f'{where}: x')
+    kernel_hw = _pair(tuple(self.kernel_size), f'{where}: kernel_size')
+    strides = _pair(self.strides, f'{where}: strides')
+    rates = _pair(self.kernel_dilation, f'{where}: kernel_dilation')
+    pads = _conv_padding(self.padding, x.shape[1:3], kernel_hw, strides, rates, where)
+    kernel = self.param('kernel', self.kernel_init, kernel_hw + (x.shape[-1], self.features),
+                        self.param_dtype)
+    bias = (self.param('bias', self.bias_init, (self.features,), self.param_dtype)
+            if self.use_bias else None)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    y = conv2d(x, kernel, strides, pads, rates, self.precision)
+    return y if bias is None else y + bias
+
+
+class ConvTranspose(nn.Module):
+  """Caffe's Deconvolution / torch's ConvTranspose2d, computed by `conv_transpose`.
+
+  Params are `nn.ConvTranspose(transpose_kernel=True)`'s: 'kernel' (kh, kw, features, in) and
+  'bias'. `padding` is torch's (cropped from each side of the full (h - 1) * s + k output): an
+  int, (ph, pw) or ((top, bottom), (left, right)). Equal to nn.ConvTranspose(transpose_kernel=
+  True) with padding 'VALID' when padding is 0 (and kernel >= stride), or with explicit padding
+  k - 1 - p at stride 1.
+  """
+  features: int
+  kernel_size: Sequence[int]
+  strides: Pair = 1
+  padding: Padding = 0
+  use_bias: bool = True
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+  precision: Any = None
+  kernel_init: Callable[..., Array] = nn.initializers.lecun_normal()
+  bias_init: Callable[..., Array] = nn.initializers.zeros_init()
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    where = f'ConvTranspose {self.name}'
+    _check_nhwc(x, f'{where}: x')
+    kernel_hw = _pair(tuple(self.kernel_size), f'{where}: kernel_size')
+    strides = _pair(self.strides, f'{where}: strides')
+    if isinstance(self.padding, str):
+      raise ValueError(f"{where}: padding is torch's crop (int or pairs), got {self.padding!r}")
+    pads = _conv_padding(self.padding, x.shape[1:3], kernel_hw, strides, (1, 1), where)
+    kernel = self.param('kernel', self.kernel_init, kernel_hw + (self.features, x.shape[-1]),
+                        self.param_dtype)
+    bias = (self.param('bias', self.bias_init, (self.features,), self.param_dtype)
+            if self.use_bias else None)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    y = conv_transpose(x, kernel, strides, pads, self.precision)
+    return y if bias is None else y + bias

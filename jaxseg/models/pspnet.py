@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxseg.models import resnet
+from jaxseg.ops import Conv
 
 PSP_BINS = (1, 2, 3, 6)
 PSP_DILATIONS = (1, 1, 2, 4)
@@ -113,7 +114,7 @@ class _ConvBNReLU(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool):
     k = self.kernel_size
-    x = nn.Conv(self.features, (k, k), padding=((k // 2, k // 2),) * 2, use_bias=False,
+    x = Conv(self.features, (k, k), padding=((k // 2, k // 2),) * 2, use_bias=False,
                 dtype=self.dtype, name='conv')(x)
     x = nn.BatchNorm(use_running_average=not train, axis_name=self.sync_bn_axis,
                      momentum=resnet.BN_MOMENTUM, epsilon=resnet.BN_EPSILON, dtype=self.dtype,
@@ -152,7 +153,7 @@ class _Head(nn.Module):
     x = _ConvBNReLU(self.features, 3, self.dtype, self.sync_bn_axis, name='conv_bn')(x, train)
     # Dropout2d: one mask per (example, channel), broadcast over H and W.
     x = nn.Dropout(self.dropout_rate, broadcast_dims=(1, 2), deterministic=not train)(x)
-    return nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, name='classifier')(x)
+    return Conv(self.num_classes, (1, 1), dtype=self.dtype, name='classifier')(x)
 
 
 class PSPNet(nn.Module):

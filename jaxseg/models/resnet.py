@@ -33,6 +33,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxseg.ops import AtrousConv, Conv
+
 # Blocks per stage of the torchvision models.
 STAGE_SIZES = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 # Bottleneck planes per stage (the block outputs EXPANSION times as many channels).
@@ -108,10 +110,8 @@ class Bottleneck(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    from jaxseg.ops import AtrousConv  # Lazy: ops is a sibling module with its own owner.
-
     bn = lambda name, **kw: _batch_norm(train, self.sync_bn_axis, self.dtype, name, **kw)
-    conv1x1 = lambda features, name, strides=1: nn.Conv(
+    conv1x1 = lambda features, name, strides=1: Conv(
         features, (1, 1), strides=strides, use_bias=False, dtype=self.dtype,
         kernel_init=_conv_init(), name=name)
     out_features = self.planes * EXPANSION
@@ -167,7 +167,7 @@ class ResNet(nn.Module):
   def __call__(self, x, train: bool = False) -> dict[str, Any]:
     plan = self.stage_strides_and_dilations()
     x = x.astype(self.dtype)
-    x = nn.Conv(scaled_channels(STEM_FEATURES, self.width), (7, 7), strides=2,
+    x = Conv(scaled_channels(STEM_FEATURES, self.width), (7, 7), strides=2,
                 padding=((3, 3), (3, 3)), use_bias=False, dtype=self.dtype,
                 kernel_init=_conv_init(), name='conv1')(x)
     x = nn.relu(_batch_norm(train, self.sync_bn_axis, self.dtype, 'bn1')(x))
