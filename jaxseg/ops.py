@@ -411,6 +411,17 @@ def _patches(x, kernel_hw, strides, pads, rates, out_hw):
                          axis=-1)
 
 
+def _matmul(a, b, precision):
+  """a (..., K) @ b (K, M) as one 2-D dot: XLA:CPU then needs no transposing copies."""
+  return jnp.dot(a.reshape(-1, a.shape[-1]), b, precision=precision).reshape(
+      *a.shape[:-1], b.shape[-1])
+
+
+def _contract_rows(a, b, precision):
+  """a (..., K)^T @ b (..., M) summed over all leading dims, as one 2-D dot -> (K, M)."""
+  return jnp.dot(a.reshape(-1, a.shape[-1]).T, b.reshape(-1, b.shape[-1]), precision=precision)
+
+
 def _kernel_grad(x, dy, kernel_shape, strides, pads, rates, precision):
   """d conv / d kernel as matmuls: patches^T @ dy (or one dot per tap if patches are big)."""
   kh, kw, c, o = kernel_shape
@@ -418,9 +429,8 @@ def _kernel_grad(x, dy, kernel_shape, strides, pads, rates, precision):
   patch_bytes = x.shape[0] * out_hw[0] * out_hw[1] * kh * kw * c * x.dtype.itemsize
   if patch_bytes <= PATCH_BYTES:
     patches = _patches(x, (kh, kw), strides, pads, rates, out_hw)
-    grad = jnp.einsum('nhwk,nhwo->ko', patches, dy, precision=precision)
-    return grad.reshape(kh, kw, c, o)
-  taps = [jnp.einsum('nhwc,nhwo->co', t, dy, precision=precision)
+    return _contract_rows(patches, dy, precision).reshape(kh, kw, c, o)
+  taps = [_contract_rows(t, dy, precision)
           for _, _, t in _taps(x, (kh, kw), strides, pads, rates, out_hw)]
   return jnp.stack(taps).reshape(kh, kw, c, o)
 
@@ -470,12 +480,11 @@ def conv2d(x: Array, kernel: Array, strides: Sequence[int] = (1, 1),
   out_hw = tuple(_conv_out_size(*a) for a in zip((h, w), (kh, kw), strides, rates, pads))
   if (kh, kw) == (1, 1):  # A matmul over channels, on the strided (and padded) grid.
     tap = next(t for _, _, t in _taps(x, (1, 1), strides, pads, rates, out_hw))
-    return jnp.einsum('nhwc,co->nhwo', tap, kernel[0, 0], precision=precision)
+    return _matmul(tap, kernel[0, 0], precision)
   patch_bytes = n * out_hw[0] * out_hw[1] * kh * kw * c * x.dtype.itemsize
   if kh * kw >= 25 and patch_bytes <= PATCH_BYTES:  # Big kernel (fc6): im2col + one matmul.
     patches = _patches(x, (kh, kw), strides, pads, rates, out_hw)
-    return jnp.einsum('nhwk,ko->nhwo', patches, kernel.reshape(kh * kw * c, o),
-                      precision=precision)
+    return _matmul(patches, kernel.reshape(kh * kw * c, o), precision)
   return _conv_matmul_grad(x, kernel, strides, pads, rates, precision)
 
 
@@ -530,12 +539,12 @@ def conv_transpose(x: Array, kernel: Array, strides: Sequence[int] = (1, 1),
   use_fold = _use_matmul_forms() and (
       strides != (1, 1) or (kh * kw >= 25 and fold_bytes <= PATCH_BYTES))
   if use_fold:  # Every input cell times the whole kernel, added into place: no zeros touched.
-    y = jnp.einsum('nhwc,abdc->nhwabd', x, kernel, precision=precision)
+    y = _matmul(x, kernel.reshape(kh * kw * o, c).T, precision).reshape(n, h, w, kh, kw, o)
     out = _fold(y, strides, full)
     return out[:, pads[0][0]:pads[0][0] + out_hw[0], pads[1][0]:pads[1][0] + out_hw[1]]
   # The gradient of a convolution: a conv of the (dilated) input with the flipped kernel.
   flipped = jnp.flip(kernel, (0, 1)).swapaxes(2, 3)
-  conv_pads = ((kh - 1 - pads[0][0], kh - 1 - pads[0][1]), (kw - 1 - pads[1][0], kw - 1 - pads[1][1]))
+  conv_pads = tuple((k - 1 - lo, k - 1 - hi) for k, (lo, hi) in zip((kh, kw), pads))
   if strides == (1, 1) and all(p >= 0 for pair in conv_pads for p in pair):
     return conv2d(x, flipped, (1, 1), conv_pads, (1, 1), precision)
   return lax.conv_general_dilated(x, flipped, (1, 1), conv_pads, lhs_dilation=strides,

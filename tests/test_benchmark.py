@@ -1,4 +1,4 @@
-"""Smoke tests of `jaxseg benchmark` and of the PyTorch twins it compares against (no timing checks)."""
+"""Smoke tests of `jaxseg benchmark` and of its PyTorch twins of the models (no timing checks)."""
 import json
 
 import jax

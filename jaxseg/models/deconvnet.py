@@ -26,9 +26,11 @@ into a map of the recorded pre-pool size of block b (the reference hard-codes un
 224 inputs), so the logits always have the input's H x W.
 
 The 3x3 'deconvolutions' are Caffe Deconvolution layers (stride 1, pad 1) = torch
-`conv_transpose2d(padding=1)`: `nn.ConvTranspose(transpose_kernel=True)` with explicit padding
-k - 1 - p on each side (see `caffe_deconv_padding`), kernel (kh, kw, out, in) = torch weight
-(in, out, kh, kw) transposed by (2, 3, 1, 0).
+`conv_transpose2d(padding=1)`: `ops.ConvTranspose(padding=p)`, whose parameters and numbers are
+`nn.ConvTranspose(transpose_kernel=True)`'s with explicit padding k - 1 - p on each side (see
+`caffe_deconv_padding`), kernel (kh, kw, out, in) = torch weight (in, out, kh, kw) transposed by
+(2, 3, 1, 0). fc6_deconv (7x7 on a mostly-padding 4x4 map) runs as x @ kernel with the products
+added into place on the CPU: as a convolution XLA:CPU took about a minute for it.
 """
 from __future__ import annotations
 
@@ -108,18 +110,17 @@ class DeconvNet(nn.Module):
       return batch_norm(train, self.sync_bn_axis, dtype, name, BN_SHIFT_INIT)
 
     def deconv(h: Array, channels: int, kernel: int, pad: int, name: str) -> Array:
-      return nn.ConvTranspose(scale_channels(channels, self.width), (kernel, kernel),
-                              padding=caffe_deconv_padding(kernel, pad), transpose_kernel=True,
-                              kernel_init=deconv_init, dtype=dtype, name=name)(h)
+      return ops.ConvTranspose(scale_channels(channels, self.width), (kernel, kernel),
+                               padding=pad, kernel_init=deconv_init, dtype=dtype, name=name)(h)
 
     feats = VGG16(width=self.width, batch_norm=True, switches=True, bn_bias_init=BN_SHIFT_INIT,
                   dtype=dtype, sync_bn_axis=self.sync_bn_axis, name='backbone')(x, train)
 
-    h = nn.Conv(scale_channels(4096, self.width), (7, 7), padding='VALID', dtype=dtype,
-                kernel_init=fc_init, name='fc6')(feats['pool5'])
+    h = ops.Conv(scale_channels(4096, self.width), (7, 7), padding='VALID', dtype=dtype,
+                 kernel_init=fc_init, name='fc6')(feats['pool5'])
     h = nn.Dropout(rate, deterministic=not train)(nn.relu(bn('bnfc6')(h)))
-    h = nn.Conv(scale_channels(4096, self.width), (1, 1), dtype=dtype, kernel_init=fc_init,
-                name='fc7')(h)
+    h = ops.Conv(scale_channels(4096, self.width), (1, 1), dtype=dtype, kernel_init=fc_init,
+                 name='fc7')(h)
     h = nn.Dropout(rate, deterministic=not train)(nn.relu(bn('bnfc7')(h)))
     h = nn.relu(bn('fc6_deconv_bn')(deconv(h, 512, 7, 0, 'fc6_deconv')))
 
@@ -128,6 +129,6 @@ class DeconvNet(nn.Module):
       for l, c in enumerate(channels, 1):
         h = nn.relu(bn(f'debn{block}_{l}')(deconv(h, c, 3, 1, f'deconv{block}_{l}')))
 
-    logits = nn.Conv(self.num_classes, (1, 1), dtype=dtype, kernel_init=deconv_init,
-                     name='seg_score')(h)
+    logits = ops.Conv(self.num_classes, (1, 1), dtype=dtype, kernel_init=deconv_init,
+                      name='seg_score')(h)
     return logits.astype(jnp.float32)

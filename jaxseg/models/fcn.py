@@ -17,12 +17,13 @@ prediction unchanged at first). All upsampling kernels are parameters (the refer
 some with lr_mult 0; freezing is the optimiser's business).
 
 Upsampling semantics. Caffe's Deconvolution (= torch `conv_transpose2d`, padding 0) of stride s
-and kernel k maps n cells to (n - 1) * s + k. `nn.ConvTranspose(padding='VALID')` gives the same
-size (n * s + max(k - s, 0)); with `transpose_kernel=True` it computes exactly the gradient of a
-convolution, i.e. torch's conv_transpose2d, and its (kh, kw, out, in) kernel is torch's
-(in, out, kh, kw) weight transposed by (2, 3, 1, 0) -- no spatial flip. (With Flax's default
-transpose_kernel=False the kernel would have to be flipped; the symmetric bilinear init hides the
-difference, imported or learned kernels would not.)
+and kernel k maps n cells to (n - 1) * s + k. `ops.ConvTranspose` computes exactly that, with the
+parameters of `nn.ConvTranspose(padding='VALID', transpose_kernel=True)` (same size and numbers):
+its (kh, kw, out, in) kernel is torch's (in, out, kh, kw) weight transposed by (2, 3, 1, 0) -- no
+spatial flip. (With Flax's default transpose_kernel=False the kernel would have to be flipped; the
+symmetric bilinear init hides the difference, imported or learned kernels would not.) On the CPU
+it multiplies each input cell by the kernel and adds the products into place, instead of
+convolving the zero-dilated input (which costs s^2 times more).
 
 Geometry (`geometry` field); both return logits of exactly the input's H x W for any size:
 - 'caffe' (the paper): conv1_1 has padding 100 and fc6 is a valid 7x7 conv, so the coarse maps
@@ -47,6 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxseg import ops
 from jaxseg.models.vgg import VGG16, fc_init, scale_channels
 
 Array = jax.Array
@@ -126,13 +128,13 @@ class FCN(nn.Module):
     return rate
 
   def _upsample(self, x: Array, factor: int, name: str) -> Array:
-    return nn.ConvTranspose(self.num_classes, (2 * factor, 2 * factor), strides=(factor, factor),
-                            padding='VALID', use_bias=False, transpose_kernel=True,
-                            kernel_init=bilinear_init, dtype=jnp.dtype(self.dtype), name=name)(x)
+    return ops.ConvTranspose(self.num_classes, (2 * factor, 2 * factor), strides=(factor, factor),
+                             padding=0, use_bias=False, kernel_init=bilinear_init,
+                             dtype=jnp.dtype(self.dtype), name=name)(x)
 
   def _score(self, x: Array, name: str) -> Array:
-    return nn.Conv(self.num_classes, (1, 1), dtype=jnp.dtype(self.dtype),
-                   kernel_init=nn.initializers.zeros, name=name)(x)
+    return ops.Conv(self.num_classes, (1, 1), dtype=jnp.dtype(self.dtype),
+                    kernel_init=nn.initializers.zeros, name=name)(x)
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
@@ -144,11 +146,11 @@ class FCN(nn.Module):
                   name='backbone')(x, train)
 
     h = feats['pool5']
-    h = nn.Conv(scale_channels(4096, self.width), (7, 7), padding='VALID' if caffe else 'SAME',
-                dtype=dtype, kernel_init=fc_init, name='fc6')(h)
+    h = ops.Conv(scale_channels(4096, self.width), (7, 7), padding='VALID' if caffe else 'SAME',
+                 dtype=dtype, kernel_init=fc_init, name='fc6')(h)
     h = nn.Dropout(rate, deterministic=not train)(nn.relu(h))
-    h = nn.Conv(scale_channels(4096, self.width), (1, 1), dtype=dtype, kernel_init=fc_init,
-                name='fc7')(h)
+    h = ops.Conv(scale_channels(4096, self.width), (1, 1), dtype=dtype, kernel_init=fc_init,
+                 name='fc7')(h)
     h = nn.Dropout(rate, deterministic=not train)(nn.relu(h))
     score = self._score(h, 'score_fr')
 

@@ -95,8 +95,8 @@ class VGG16(nn.Module):
     for b, block in enumerate(VGG16_BLOCKS, 1):
       for l, channels in enumerate(block, 1):
         pad = self.first_padding if (b, l) == (1, 1) else 1
-        x = nn.Conv(scale_channels(channels, self.width), (3, 3), padding=((pad, pad), (pad, pad)),
-                    dtype=dtype, kernel_init=conv_init, name=f'conv{b}_{l}')(x)
+        x = ops.Conv(scale_channels(channels, self.width), (3, 3), padding=((pad, pad), (pad, pad)),
+                     dtype=dtype, kernel_init=conv_init, name=f'conv{b}_{l}')(x)
         if self.batch_norm:
           x = batch_norm(train, self.sync_bn_axis, dtype, f'bn{b}_{l}', self.bn_bias_init)(x)
         x = nn.relu(x)
