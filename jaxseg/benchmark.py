@@ -16,9 +16,11 @@ How it measures, and why:
   (lower + compile) is reported apart; torch's first step is reported as its "compile" column.
 - train = forward + backward + SGD (momentum 0.9, weight decay 1e-4) update on the real model
   with jaxseg's loss, jitted with the train state donated; infer = forward in eval mode.
-- FLOPs per step come from XLA's cost analysis of the compiled step (the same count is used for
-  both frameworks: same network, same work); torch's own count (FlopCounterMode, convs and
-  matmuls only) is kept in the JSON as a cross-check.
+- FLOPs per step come from XLA's cost analysis of the step lowered with lax convolutions
+  (JAXSEG_CONV_IMPL=lax): the network's conventional count, used for both frameworks (same
+  network, same work). The program that runs writes some convolutions as matmuls inside loops,
+  which cost analysis counts once per loop; its count is kept in the JSON as 'flops_executed',
+  and torch's own (FlopCounterMode, convs and matmuls only) as a cross-check.
 - Peak FLOP/s: on the CPU, measured in the same run as the median of a float32 4096x4096 matmul
   in XLA and in torch (the faster one is the peak); on GPU/TPU, the published dense peak of the
   device kind for the dtype (PEAK_TFLOPS). "%peak" is achieved FLOP/s over that.
@@ -80,6 +82,7 @@ class Spec:
   width: float = 1.0
   threads: int = 0  # 0 = every core this process may use.
   channels_last: bool = False  # torch memory format.
+  conv_impl: str = 'auto'  # jaxseg.ops convolution formulation: 'auto' or 'lax' (XLA's own).
 
   @property
   def name(self) -> str:
@@ -119,6 +122,8 @@ def validate(spec: Spec) -> None:
     raise ValueError(f'benchmark: ops use maps of size/8; --size must be >= 8, got {spec.size}')
   if not spec.width > 0:
     raise ValueError(f'benchmark: --width must be > 0, got {spec.width}')
+  if spec.conv_impl not in ('auto', 'lax'):
+    raise ValueError(f"benchmark: --conv-impl must be 'auto' or 'lax', got {spec.conv_impl!r}")
   if spec.threads < 0 or spec.threads > available_cores():
     raise ValueError(f'benchmark: --threads must be between 1 and {available_cores()} (0 = all), '
                      f'got {spec.threads}')
@@ -140,6 +145,15 @@ def _op_shapes(spec: Spec) -> dict[str, Any]:
   return dict(shape=(spec.batch, -(-h // 8), -(-w // 8), scale(channels)), rate=rate)
 
 
+def _cost(cost) -> dict[str, float]:
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return cost or {}
+
+
+def _flops(cost) -> float:
+  return float(_cost(cost).get('flops', 0.0))
+
+
 class _JaxWorkload:
   """Builds and compiles the jaxseg step of a Spec; `step()` runs it once (blocking)."""
 
@@ -148,8 +162,11 @@ class _JaxWorkload:
     import jax.numpy as jnp
     import numpy as np
 
+    from jaxseg import ops
+
     self.jax = jax
     self.spec = spec
+    ops.set_conv_impl(spec.conv_impl)
     rng = np.random.default_rng(0)
     dtype = jnp.dtype(spec.dtype)
     if spec.model:
@@ -160,10 +177,17 @@ class _JaxWorkload:
     lowered = jax.jit(fn, donate_argnums=donate).lower(*args)
     self.compiled = lowered.compile()
     self.compile_s = time.perf_counter() - start
-    cost = self.compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    self.flops = float(cost.get('flops', 0.0)) if cost else 0.0
-    self.bytes_accessed = float(cost.get('bytes accessed', 0.0)) if cost else 0.0
+    self.flops_executed = _flops(self.compiled.cost_analysis())
+    cost = _cost(self.compiled.cost_analysis())
+    self.bytes_accessed = float(cost.get('bytes accessed', 0.0))
+    # The network's FLOPs: XLA's count of the step written with lax convolutions. (The program
+    # that runs computes the same convolutions as matmuls, partly inside loops, which XLA's
+    # cost analysis counts once per loop rather than once per iteration.)
+    ops.set_conv_impl('lax')
+    try:
+      self.flops = _flops(jax.jit(lambda *a: fn(*a)).lower(*args).cost_analysis())
+    finally:
+      ops.set_conv_impl(spec.conv_impl)
     self.args = args
     self.donate = donate
 
@@ -441,6 +465,7 @@ def _worker_main(framework: str) -> None:
         cls = {'jax': _JaxWorkload, 'torch': _TorchWorkload, 'matmul': _MatmulWorkload}[framework]
         workload = cls(spec, *command.get('args', ()))
         reply(compile_s=getattr(workload, 'compile_s', 0.0), flops=workload.flops,
+              flops_executed=getattr(workload, 'flops_executed', None),
               bytes_accessed=getattr(workload, 'bytes_accessed', None), baseline_rss=baseline)
       elif command['cmd'] == 'step':
         seconds = workload.step(*command.get('args', ()))
@@ -587,6 +612,7 @@ def run_spec(spec: Spec, steps: int = 10, warmup: int = 2, with_torch: bool = Tr
   record['load_after'] = load_average()
   flops = built['jax']['flops']
   record['flops'] = flops
+  record['flops_executed'] = built['jax'].get('flops_executed')
   record['bytes_accessed'] = built['jax'].get('bytes_accessed')
   if cpu_peak:
     matmul_flops = built['matmul']['flops']
@@ -637,6 +663,8 @@ def format_table(records: Sequence[dict[str, Any]]) -> str:
     name = f"{r['model'] or r['op']} b{r['batch']} {r['size'][0]}x{r['size'][1]} {r['dtype']}"
     if r.get('width', 1.0) != 1.0:
       name += f" w{r['width']:g}"
+    if r.get('conv_impl', 'auto') != 'auto':
+      name += f" conv={r['conv_impl']}"
     if 'error' in r:
       lines.append(f"| {name} | {r['mode']} | error: {r['error'][:120]} |")
       continue
@@ -694,6 +722,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                  help='also run the PyTorch eager twin, interleaved (default: on)')
   p.add_argument('--channels_last', '--channels-last', action='store_true',
                  help='torch in channels_last memory format (default: contiguous NCHW)')
+  p.add_argument('--conv_impl', '--conv-impl', choices=('auto', 'lax'), default='auto',
+                 help="jaxseg's convolution formulation: auto (matmul forms on the CPU) or lax "
+                 "(XLA's convolutions everywhere, as before the CPU work)")
   p.add_argument('--no_peak', '--no-peak', action='store_true',
                  help='skip the matmul peak measurement on the CPU')
   p.add_argument('--peak_size', '--peak-size', type=int, default=MATMUL_SIZE,
@@ -703,7 +734,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
 
 def specs_from_args(args: argparse.Namespace) -> list[Spec]:
   common = dict(batch=args.batch, size=tuple(args.size), dtype=args.dtype, width=args.width,
-                threads=args.threads, channels_last=args.channels_last)
+                threads=args.threads, channels_last=args.channels_last,
+                conv_impl=args.conv_impl)
   if args.all:
     from jaxseg.models import MODEL_NAMES
 

@@ -77,6 +77,7 @@ def test_worker_errors_surface_as_value_errors():
     (dict(model='fcn8s', width=0.0), '--width must be > 0'),
     (dict(model='fcn8s', threads=10_000), '--threads must be between'),
     (dict(model='fcn8s', op='max_unpool'), 'exactly one of --model or --op'),
+    (dict(model='fcn8s', conv_impl='eigen'), "--conv-impl must be 'auto' or 'lax'"),
 ])
 def test_validate_rejects_bad_configs(kwargs, match):
   with pytest.raises(ValueError, match=match):

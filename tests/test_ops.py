@@ -238,3 +238,119 @@ def test_bad_inputs_raise():
     ops.atrous_conv(x, jnp.zeros((3, 3, 2, 4)))
   with pytest.raises(ValueError, match='rate must be a positive int'):
     ops.atrous_conv(x, jnp.zeros((3, 3, 3, 4)), rate=0)
+
+
+# --- conv2d / conv_transpose / Conv / ConvTranspose (matmul formulations on the CPU) ----------
+
+# (x shape, kernel shape, strides, padding, rates): 1x1 (dot), strided 1x1, 3x3, strided,
+# dilated, 7x7 'same' and valid on a small map (im2col), asymmetric padding.
+CONVS = [((2, 9, 11, 3), (3, 3, 3, 4), (1, 1), ((1, 1), (1, 1)), (1, 1)),
+         ((2, 9, 11, 3), (3, 3, 3, 4), (2, 2), ((1, 1), (1, 1)), (1, 1)),
+         ((1, 13, 10, 2), (3, 3, 2, 5), (1, 1), ((2, 2), (2, 2)), (2, 2)),
+         ((2, 8, 8, 4), (1, 1, 4, 6), (1, 1), ((0, 0), (0, 0)), (1, 1)),
+         ((2, 9, 9, 4), (1, 1, 4, 6), (2, 2), ((0, 0), (0, 0)), (1, 1)),
+         ((2, 10, 10, 3), (7, 7, 3, 5), (1, 1), ((3, 3), (3, 3)), (1, 1)),
+         ((2, 10, 10, 3), (7, 7, 3, 5), (1, 1), ((0, 0), (0, 0)), (1, 1)),
+         ((1, 16, 15, 3), (7, 7, 3, 4), (2, 2), ((3, 3), (3, 3)), (1, 1)),
+         ((2, 7, 9, 3), (3, 3, 3, 2), (1, 1), ((0, 1), (2, 0)), (1, 1))]
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+  """Tiny kernel-gradient blocks, so tiny inputs take the multi-block loop (with a ragged end)."""
+  monkeypatch.setattr(ops, 'BLOCK_BYTES', 1)
+
+
+@pytest.mark.parametrize('x_shape,k_shape,strides,pads,rates', CONVS)
+def test_conv2d_matches_lax_values_and_gradients(x64, small_blocks, x_shape, k_shape, strides,
+                                                 pads, rates):
+  rng = np.random.default_rng(sum(x_shape) + sum(k_shape))
+  x, kernel = jnp.asarray(rng.standard_normal(x_shape)), jnp.asarray(rng.standard_normal(k_shape))
+  ref = lambda x, k: jax.lax.conv_general_dilated(
+      x, k, strides, pads, rhs_dilation=rates, dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  ours = lambda x, k: ops.conv2d(x, k, strides, pads, rates)
+  want = ref(x, kernel)
+  np.testing.assert_allclose(ours(x, kernel), want, rtol=1e-10, atol=1e-10)
+  cotangent = jnp.asarray(rng.standard_normal(want.shape))
+  grads = [jax.jit(jax.grad(lambda x, k, f=f: jnp.sum(f(x, k) * cotangent), (0, 1)))(x, kernel)
+           for f in (ours, ref)]
+  for got, expected in zip(*grads):
+    np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize('x_shape,kernel,stride,pad', [
+    ((2, 4, 4, 6), 7, 1, 0), ((2, 5, 6, 4), 3, 1, 1), ((1, 5, 5, 3), 4, 2, 0),
+    ((2, 6, 5, 3), 16, 8, 0), ((1, 5, 5, 2), 5, 2, 1), ((1, 5, 4, 2), 3, 3, 0)])
+def test_conv_transpose_matches_torch_and_lax(x64, x_shape, kernel, stride, pad):
+  """Fold (strided / big kernel) and flipped-conv formulations = torch conv_transpose2d, with
+  the same gradients as lax's (JAXSEG_CONV_IMPL=lax) formulation."""
+  rng = np.random.default_rng(kernel * 10 + stride)
+  x = rng.standard_normal(x_shape)
+  k = rng.standard_normal((kernel, kernel, 3, x_shape[-1]))  # (kh, kw, out, in).
+  want = F.conv_transpose2d(torch.from_numpy(x.transpose(0, 3, 1, 2).copy()),
+                            torch.from_numpy(k.transpose(3, 2, 0, 1).copy()), stride=stride,
+                            padding=pad).numpy().transpose(0, 2, 3, 1)
+  fn = lambda x, k: ops.conv_transpose(x, k, (stride, stride), ((pad, pad), (pad, pad)))
+  x, k = jnp.asarray(x), jnp.asarray(k)
+  np.testing.assert_allclose(fn(x, k), want, rtol=1e-10, atol=1e-10)
+  cotangent = jnp.asarray(rng.standard_normal(want.shape))
+  loss = lambda x, k: jnp.sum(fn(x, k) * cotangent)
+  ours = jax.grad(loss, (0, 1))(x, k)
+  ops.set_conv_impl('lax')
+  try:
+    np.testing.assert_allclose(fn(x, k), want, rtol=1e-10, atol=1e-10)
+    theirs = jax.grad(loss, (0, 1))(x, k)
+  finally:
+    ops.set_conv_impl('auto')
+  for got, expected in zip(ours, theirs):
+    np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize('kwargs', [
+    dict(features=4, kernel_size=(3, 3)), dict(features=4, kernel_size=(7, 7), padding='VALID'),
+    dict(features=4, kernel_size=(1, 1), strides=2),
+    dict(features=4, kernel_size=(7, 7), strides=2, padding=((3, 3), (3, 3)), use_bias=False)])
+def test_conv_module_is_nn_conv(kwargs):
+  x = jnp.asarray(np.random.default_rng(3).standard_normal((2, 9, 10, 3)), jnp.float32)
+  variables = nn.Conv(**kwargs).init(jax.random.key(0), x)
+  ours = ops.Conv(**kwargs).init(jax.random.key(0), x)
+  assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.all(a == b)), variables, ours))
+  np.testing.assert_allclose(ops.Conv(**kwargs).apply(variables, x),
+                             nn.Conv(**kwargs).apply(variables, x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('kernel,stride,pad', [(4, 2, 0), (3, 1, 1), (7, 1, 0)])
+def test_conv_transpose_module_is_nn_conv_transpose(kernel, stride, pad):
+  x = jnp.asarray(np.random.default_rng(4).standard_normal((2, 5, 6, 3)), jnp.float32)
+  theirs = nn.ConvTranspose(4, (kernel, kernel), (stride, stride), transpose_kernel=True,
+                            padding='VALID' if pad == 0 else ((kernel - 1 - pad,) * 2,) * 2)
+  ours = ops.ConvTranspose(4, (kernel, kernel), (stride, stride), padding=pad)
+  variables = theirs.init(jax.random.key(0), x)
+  assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.all(a == b)), variables,
+                                   ours.init(jax.random.key(0), x)))
+  np.testing.assert_allclose(ours.apply(variables, x), theirs.apply(variables, x), rtol=1e-5,
+                             atol=1e-5)
+
+
+def test_conv_bfloat16_kernel_gradient_is_close(small_blocks):
+  rng = np.random.default_rng(5)
+  x = jnp.asarray(rng.standard_normal((2, 12, 12, 8)), jnp.bfloat16)
+  kernel = jnp.asarray(rng.standard_normal((3, 3, 8, 8)), jnp.bfloat16)
+  loss = lambda k, f: jnp.sum(f(x, k).astype(jnp.float32))
+  ours = jax.grad(loss)(kernel, lambda x, k: ops.conv2d(x, k, padding=((1, 1), (1, 1))))
+  assert ours.dtype == jnp.bfloat16
+  want = jax.grad(loss)(kernel.astype(jnp.float32), lambda x, k: ops.conv2d(
+      x.astype(jnp.float32), k, padding=((1, 1), (1, 1))))
+  np.testing.assert_allclose(np.asarray(ours, np.float32), want, rtol=2e-2, atol=0.5)
+
+
+def test_conv_impl_and_padding_errors():
+  with pytest.raises(ValueError, match="conv impl must be one of .*'lax'"):
+    ops.set_conv_impl('eigen')
+  x = jnp.zeros((1, 4, 4, 2))
+  with pytest.raises(ValueError, match='padding must be'):
+    ops.Conv(3, (3, 3), padding='FULL').init(jax.random.key(0), x)
+  with pytest.raises(ValueError, match="padding is torch's crop"):
+    ops.ConvTranspose(3, (3, 3), padding='SAME').init(jax.random.key(0), x)
+  with pytest.raises(ValueError, match='must be >= 0 and leave a non-empty output'):
+    ops.conv_transpose(x, jnp.zeros((3, 3, 3, 2)), padding=((4, 4), (0, 0)))
