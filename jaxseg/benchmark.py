@@ -47,7 +47,25 @@ from typing import Any
 
 MODES = ('train', 'infer')
 DTYPES = ('float32', 'bfloat16')
-OPS = ('max_pool_argmax', 'max_unpool', 'atrous_conv_r2', 'atrous_conv_r4')
+# Ops alone, at the shapes the models give them for an input of --size (s = H, W):
+#   kind, feature-map size divisor, in channels, out channels, kernel, stride, padding, rate.
+# The conv/deconv entries are the layers that had cliffs on XLA:CPU (see BENCHMARKS.md).
+OP_TABLE: dict[str, tuple[str, int, int, int, int, int, str, int]] = {
+    'max_pool_argmax': ('pool', 1, 64, 64, 2, 2, 'valid', 1),  # DeconvNet pool1.
+    'max_unpool': ('unpool', 1, 64, 64, 2, 2, 'valid', 1),  # DeconvNet unpool1.
+    'atrous_conv_r2': ('conv', 8, 256, 256, 3, 1, 'same', 2),  # PSPNet layer3 3x3.
+    'atrous_conv_r4': ('conv', 8, 512, 512, 3, 1, 'same', 4),  # PSPNet layer4 3x3.
+    'vgg_conv1_2': ('conv', 1, 64, 64, 3, 1, 'same', 1),  # Full-resolution 3x3.
+    'vgg_conv3_2': ('conv', 4, 256, 256, 3, 1, 'same', 1),
+    'bottleneck_1x1': ('conv', 8, 1024, 256, 1, 1, 'same', 1),  # ResNet layer3 conv1.
+    'psp_head_3x3': ('conv', 8, 4096, 512, 3, 1, 'same', 1),  # PSPNet cls conv.
+    'fcn_fc6': ('conv', 32, 512, 4096, 7, 1, 'same', 1),  # FCN fc6 ('same' geometry).
+    'deconvnet_fc6': ('conv', 32, 512, 4096, 7, 1, 'valid', 1),  # DeconvNet fc6.
+    'fc7_1x1': ('conv', 32, 4096, 4096, 1, 1, 'same', 1),  # FCN fc7.
+    'deconvnet_fc6_deconv': ('deconv', 32, 4096, 512, 7, 1, 'valid', 1),  # On fc6's output.
+    'fcn_upscore8': ('deconv', 8, 21, 21, 16, 8, 'valid', 1),  # FCN-8s x8 upsampling.
+}
+OPS = tuple(OP_TABLE)
 NUM_CLASSES = 21
 MATMUL_SIZE = 4096
 LEARNING_RATE = 1e-3
@@ -118,8 +136,6 @@ def validate(spec: Spec) -> None:
   if spec.batch < 1 or len(spec.size) != 2 or min(spec.size) < 1:
     raise ValueError(f'benchmark: --batch and --size H W must be positive, got batch '
                      f'{spec.batch}, size {spec.size}')
-  if spec.op and min(spec.size) < 8:
-    raise ValueError(f'benchmark: ops use maps of size/8; --size must be >= 8, got {spec.size}')
   if not spec.width > 0:
     raise ValueError(f'benchmark: --width must be > 0, got {spec.width}')
   if spec.conv_impl not in ('auto', 'lax'):
@@ -134,15 +150,16 @@ def validate(spec: Spec) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
-def _op_shapes(spec: Spec) -> dict[str, Any]:
-  """Op inputs at the size the models see them: pools at the input size with conv1's channels
-  (DeconvNet's largest unpool), atrous convs at size / 8 (PSPNet's layer3 rate 2, layer4 rate 4)."""
-  scale = lambda c: max(1, int(round(c * spec.width)))
-  h, w = spec.size
-  if spec.op in ('max_pool_argmax', 'max_unpool'):
-    return dict(shape=(spec.batch, h, w, scale(64)))
-  channels, rate = (256, 2) if spec.op == 'atrous_conv_r2' else (512, 4)
-  return dict(shape=(spec.batch, -(-h // 8), -(-w // 8), scale(channels)), rate=rate)
+def _op_geometry(spec: Spec) -> dict[str, Any]:
+  """Input shape (NHWC), kernel/stride/padding/rate of an op at --size, --batch and --width."""
+  kind, divisor, cin, cout, k, stride, padding, rate = OP_TABLE[spec.op]
+  scale = lambda c: c if spec.op == 'fcn_upscore8' else max(1, int(round(c * spec.width)))
+  h, w = (-(-n // divisor) for n in spec.size)  # Ceil-mode pooling sizes.
+  if spec.op == 'deconvnet_fc6_deconv':  # Valid fc6's output: pool5 - 6.
+    h, w = max(1, h - 6), max(1, w - 6)
+  pad = rate * (k // 2) if padding == 'same' else 0
+  return dict(kind=kind, shape=(spec.batch, h, w, scale(cin)), cout=scale(cout), kernel=k,
+              stride=stride, pad=pad, rate=rate)
 
 
 def _cost(cost) -> dict[str, float]:
@@ -233,20 +250,25 @@ class _JaxWorkload:
 
     from jaxseg import ops
 
-    shapes = _op_shapes(spec)
-    shape = shapes['shape']
+    g = _op_geometry(spec)
+    shape, k, s, p, r = g['shape'], g['kernel'], g['stride'], g['pad'], g['rate']
     x = jnp.asarray(rng.standard_normal(shape), dtype)
-    if spec.op == 'max_pool_argmax':
+    if g['kind'] == 'pool':
       fn = lambda x: ops.max_pool_with_argmax(x, ceil_mode=True)
       inputs = (x,)
-    elif spec.op == 'max_unpool':
+    elif g['kind'] == 'unpool':
       pooled, switches = jax.jit(lambda x: ops.max_pool_with_argmax(x, ceil_mode=True))(x)
       fn = lambda p, s: ops.max_unpool(p, s, shape[1:3])
       inputs = (pooled, switches)
-    else:
-      c = shape[-1]
-      kernel = jnp.asarray(rng.standard_normal((3, 3, c, c)) / (3 * c ** 0.5), dtype)
-      fn = lambda x, k: ops.atrous_conv(x, k, shapes['rate'])
+    elif g['kind'] == 'conv':  # HWIO kernel.
+      kernel = jnp.asarray(rng.standard_normal((k, k, shape[-1], g['cout'])) /
+                           (k * shape[-1] ** 0.5), dtype)
+      fn = lambda x, w: ops.conv2d(x, w, (s, s), ((p, p), (p, p)), (r, r))
+      inputs = (x, kernel)
+    else:  # Transposed conv, kernel (kh, kw, out, in).
+      kernel = jnp.asarray(rng.standard_normal((k, k, g['cout'], shape[-1])) /
+                           (k * shape[-1] ** 0.5), dtype)
+      fn = lambda x, w: ops.conv_transpose(x, w, (s, s), ((p, p), (p, p)))
       inputs = (x, kernel)
     if spec.mode == 'infer':
       return fn, inputs, ()
@@ -327,22 +349,26 @@ class _TorchWorkload:
           with torch.inference_mode(), self._autocast():
             model(x)
     else:
-      shapes = _op_shapes(spec)
-      n, oh, ow, c = shapes['shape']
+      g = _op_geometry(spec)
+      n, oh, ow, c = g['shape']
+      k, s, p, r = g['kernel'], g['stride'], g['pad'], g['rate']
       x = torch.randn(n, c, oh, ow, device=self.device).to(memory_format=memory_format)
       train = spec.mode == 'train'
-      if spec.op in ('max_pool_argmax', 'max_unpool'):
+      if g['kind'] in ('pool', 'unpool'):
         pooled, idx = F.max_pool2d(x, 2, 2, ceil_mode=True, return_indices=True)
-        if spec.op == 'max_pool_argmax':
+        if g['kind'] == 'pool':
           inputs, fn = [x], lambda x: F.max_pool2d(x, 2, 2, ceil_mode=True, return_indices=True)[0]
         else:
           inputs = [pooled.contiguous()]
           fn = lambda p: F.max_unpool2d(p, idx, 2, 2, output_size=(oh, ow))
-      else:
-        rate = shapes['rate']
-        kernel = torch.randn(c, c, 3, 3, device=self.device) / (3 * c ** 0.5)
+      elif g['kind'] == 'conv':
+        kernel = torch.randn(g['cout'], c, k, k, device=self.device) / (k * c ** 0.5)
         inputs = [x, kernel]
-        fn = lambda x, k: F.conv2d(x, k, padding=rate, dilation=rate)
+        fn = lambda x, w: F.conv2d(x, w, stride=s, padding=p, dilation=r)
+      else:
+        kernel = torch.randn(c, g['cout'], k, k, device=self.device) / (k * c ** 0.5)
+        inputs = [x, kernel]
+        fn = lambda x, w: F.conv_transpose2d(x, w, stride=s, padding=p)
       if train:
         inputs = [t.detach().requires_grad_(True) for t in inputs]
         with torch.no_grad():

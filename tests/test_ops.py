@@ -106,6 +106,48 @@ def test_max_pool_check_grads(x64, window, stride, pad, ceil_mode):
   check_grads(pooled, (x,), order=1, modes=['rev'])
 
 
+# --- max_pool (no switches; the models' pooling) --------------------------------------------
+
+
+@pytest.mark.parametrize('window,stride,pad,ceil_mode', [(2, 2, 0, True), (2, 2, 0, False),
+                                                         (3, 2, 1, False), (3, 2, 0, True)])
+def test_max_pool_values_and_grad_match_torch(window, stride, pad, ceil_mode):
+  """Values equal; with ties the gradient goes to the first maximum, as PyTorch's backward."""
+  rng = np.random.default_rng(window * 10 + pad)
+  for size in SIZES:
+    x = random_nchw(rng, (2, 3) + size, ties=True).requires_grad_()
+    out = F.max_pool2d(x, window, stride, pad, ceil_mode=ceil_mode)
+    cot = torch.from_numpy(rng.standard_normal(out.shape).astype(np.float32))
+    out.backward(cot)
+    got, vjp = jax.vjp(lambda v: ops.max_pool(v, window, stride, pad, ceil_mode), to_nhwc(x))
+    np.testing.assert_array_equal(to_nchw(got), out.detach().numpy(), err_msg=str(size))
+    grad, = jax.jit(vjp)(to_nhwc(cot))
+    # Overlapping windows add into one cell in a different order: float rounding only.
+    np.testing.assert_allclose(to_nchw(grad), x.grad.numpy(), rtol=0, atol=1e-6,
+                               err_msg=str(size))
+
+
+def test_max_pool_grad_equals_jax_rule_for_models_pools():
+  """The models' 2x2/2 ceil-mode pool: bitwise the value and gradient of nn.max_pool's rule."""
+  rng = np.random.default_rng(3)
+  x = jnp.asarray(np.round(rng.standard_normal((2, 9, 11, 4)), 1), jnp.float32)  # Many ties.
+  cot = jnp.asarray(rng.standard_normal((2, 5, 6, 4)), jnp.float32)
+  ref = lambda v: nn.max_pool(v, (2, 2), (2, 2), padding=((0, 1), (0, 1)))
+  ours = lambda v: ops.max_pool(v, 2, 2, 'VALID', ceil_mode=True)
+  np.testing.assert_array_equal(ours(x), ref(x))
+  np.testing.assert_array_equal(jax.grad(lambda v: jnp.sum(ours(v) * cot))(x),
+                                jax.grad(lambda v: jnp.sum(ref(v) * cot))(x))
+
+
+def test_max_pool_check_grads_and_errors(x64):
+  x = jnp.asarray(np.random.default_rng(2).permutation(2 * 7 * 9 * 3).reshape(2, 7, 9, 3) * 0.1)
+  check_grads(lambda v: ops.max_pool(v, 3, 2, 1), (x,), order=1, modes=['rev'])
+  with pytest.raises(ValueError, match='max_pool: x must be NHWC'):
+    ops.max_pool(x[0], 2)
+  with pytest.raises(ValueError, match='half the window'):
+    ops.max_pool(x, 2, 2, 3)
+
+
 # --- max_unpool --------------------------------------------------------------------------------
 
 

@@ -33,6 +33,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxseg import ops
 from jaxseg.ops import AtrousConv, Conv
 
 # Blocks per stage of the torchvision models.
@@ -172,7 +173,7 @@ class ResNet(nn.Module):
                 kernel_init=_conv_init(), name='conv1')(x)
     x = nn.relu(_batch_norm(train, self.sync_bn_axis, self.dtype, 'bn1')(x))
     features = {'stem': x}
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    x = ops.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))
     in_features = x.shape[-1]
     for i, (num_blocks, (stride, first_dilation, dilation)) in enumerate(
         zip(self.stage_sizes, plan)):

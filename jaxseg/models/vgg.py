@@ -54,8 +54,7 @@ def scale_channels(channels: int, width: float) -> int:
 
 def max_pool_ceil(x: Array) -> Array:
   """2x2 stride-2 max pool in Caffe's ceil mode: odd maps are padded at the end with -inf."""
-  pad_h, pad_w = x.shape[1] % 2, x.shape[2] % 2
-  return nn.max_pool(x, (2, 2), strides=(2, 2), padding=((0, pad_h), (0, pad_w)))
+  return ops.max_pool(x, (2, 2), (2, 2), ((0, x.shape[1] % 2), (0, x.shape[2] % 2)))
 
 
 def batch_norm(train: bool, axis_name: str | None, dtype: Any, name: str,
