@@ -51,6 +51,7 @@ DTYPES = ('float32', 'bfloat16')
 #   kind, feature-map size divisor, in channels, out channels, kernel, stride, padding, rate.
 # The conv/deconv entries are the layers that had cliffs on XLA:CPU (see BENCHMARKS.md).
 OP_TABLE: dict[str, tuple[str, int, int, int, int, int, str, int]] = {
+    'max_pool': ('maxpool', 1, 64, 64, 2, 2, 'valid', 1),  # FCN pool1 (no switches).
     'max_pool_argmax': ('pool', 1, 64, 64, 2, 2, 'valid', 1),  # DeconvNet pool1.
     'max_unpool': ('unpool', 1, 64, 64, 2, 2, 'valid', 1),  # DeconvNet unpool1.
     'atrous_conv_r2': ('conv', 8, 256, 256, 3, 1, 'same', 2),  # PSPNet layer3 3x3.
@@ -253,7 +254,10 @@ class _JaxWorkload:
     g = _op_geometry(spec)
     shape, k, s, p, r = g['shape'], g['kernel'], g['stride'], g['pad'], g['rate']
     x = jnp.asarray(rng.standard_normal(shape), dtype)
-    if g['kind'] == 'pool':
+    if g['kind'] == 'maxpool':
+      fn = lambda x: ops.max_pool(x, 2, 2, 'VALID', ceil_mode=True)
+      inputs = (x,)
+    elif g['kind'] == 'pool':
       fn = lambda x: ops.max_pool_with_argmax(x, ceil_mode=True)
       inputs = (x,)
     elif g['kind'] == 'unpool':
@@ -354,7 +358,9 @@ class _TorchWorkload:
       k, s, p, r = g['kernel'], g['stride'], g['pad'], g['rate']
       x = torch.randn(n, c, oh, ow, device=self.device).to(memory_format=memory_format)
       train = spec.mode == 'train'
-      if g['kind'] in ('pool', 'unpool'):
+      if g['kind'] == 'maxpool':
+        inputs, fn = [x], lambda x: F.max_pool2d(x, 2, 2, ceil_mode=True)
+      elif g['kind'] in ('pool', 'unpool'):
         pooled, idx = F.max_pool2d(x, 2, 2, ceil_mode=True, return_indices=True)
         if g['kind'] == 'pool':
           inputs, fn = [x], lambda x: F.max_pool2d(x, 2, 2, ceil_mode=True, return_indices=True)[0]

@@ -97,7 +97,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-  from jaxseg import evaluate  # pylint: disable=g-import-not-at-top
+  from jaxseg import evaluate, parallel  # pylint: disable=g-import-not-at-top
+  # One process per host, as `jaxseg train`: each reads its share of the split and the
+  # confusion matrix is summed across hosts. Must run before anything touches a device.
+  parallel.maybe_initialize_distributed()
   config, model, variables, step, mesh = _restore(args.workdir, args.checkpoint,
                                                   args.config_overrides)
   split = args.split or config.data.eval_split

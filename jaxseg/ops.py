@@ -439,6 +439,10 @@ def set_conv_impl(impl: str) -> None:
   """'auto' (matmul formulations on the CPU, lax elsewhere) or 'lax' (lax everywhere)."""
   if impl not in CONV_IMPLS:
     raise ValueError(f'conv impl must be one of {CONV_IMPLS}, got {impl!r}')
+  if impl != _CONV_IMPL[0]:
+    # The choice is made while tracing; jit reuses traces of functions it has seen (jitting
+    # the same train step again would silently keep the old formulation), so drop them.
+    jax.clear_caches()
   _CONV_IMPL[0] = impl
 
 

@@ -285,7 +285,7 @@ def test_bad_inputs_raise():
 # --- conv2d / conv_transpose / Conv / ConvTranspose (matmul formulations on the CPU) ----------
 
 # (x shape, kernel shape, strides, padding, rates): 1x1 (dot), strided 1x1, 3x3, strided,
-# dilated, 7x7 'same' and valid on a small map (im2col), asymmetric padding.
+# dilated, 7x7 'same' and valid on a small map (im2col), asymmetric padding, narrowing 3x3.
 CONVS = [((2, 9, 11, 3), (3, 3, 3, 4), (1, 1), ((1, 1), (1, 1)), (1, 1)),
          ((2, 9, 11, 3), (3, 3, 3, 4), (2, 2), ((1, 1), (1, 1)), (1, 1)),
          ((1, 13, 10, 2), (3, 3, 2, 5), (1, 1), ((2, 2), (2, 2)), (2, 2)),
@@ -294,7 +294,12 @@ CONVS = [((2, 9, 11, 3), (3, 3, 3, 4), (1, 1), ((1, 1), (1, 1)), (1, 1)),
          ((2, 10, 10, 3), (7, 7, 3, 5), (1, 1), ((3, 3), (3, 3)), (1, 1)),
          ((2, 10, 10, 3), (7, 7, 3, 5), (1, 1), ((0, 0), (0, 0)), (1, 1)),
          ((1, 16, 15, 3), (7, 7, 3, 4), (2, 2), ((3, 3), (3, 3)), (1, 1)),
-         ((2, 7, 9, 3), (3, 3, 3, 2), (1, 1), ((0, 1), (2, 0)), (1, 1))]
+         ((2, 7, 9, 3), (3, 3, 3, 2), (1, 1), ((0, 1), (2, 0)), (1, 1)),
+         # Channel-narrowing 3x3 (C >= 8 O: output-tap matmul; C >= 4 O: dy-patch gradients),
+         # dilated, with symmetric and asymmetric padding, as PSPNet's heads.
+         ((2, 8, 9, 16), (3, 3, 16, 2), (1, 1), ((1, 1), (1, 1)), (1, 1)),
+         ((1, 9, 7, 16), (3, 3, 16, 2), (1, 1), ((2, 1), (0, 2)), (2, 2)),
+         ((2, 6, 7, 8), (3, 3, 8, 2), (1, 1), ((1, 1), (1, 1)), (1, 1))]
 
 
 @pytest.fixture
@@ -396,3 +401,16 @@ def test_conv_impl_and_padding_errors():
     ops.ConvTranspose(3, (3, 3), padding='SAME').init(jax.random.key(0), x)
   with pytest.raises(ValueError, match='must be >= 0 and leave a non-empty output'):
     ops.conv_transpose(x, jnp.zeros((3, 3, 3, 2)), padding=((4, 4), (0, 0)))
+
+
+def test_set_conv_impl_retraces_functions_jit_has_seen():
+  conv = lambda x, k: ops.conv2d(x, k)  # A 1x1 conv: a dot with 'auto' on the CPU.
+  x, k = jnp.ones((1, 4, 4, 2)), jnp.ones((1, 1, 2, 3))
+  auto_hlo = jax.jit(conv).lower(x, k).as_text()
+  ops.set_conv_impl('lax')
+  try:
+    lax_hlo = jax.jit(conv).lower(x, k).as_text()
+  finally:
+    ops.set_conv_impl('auto')
+  assert 'convolution' in lax_hlo and 'convolution' not in auto_hlo
+  assert 'convolution' not in jax.jit(conv).lower(x, k).as_text()

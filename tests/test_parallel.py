@@ -1,4 +1,5 @@
 """Mesh helpers, the shard_map step wrapper, and 2 processes x 4 devices == 1 x 8 devices."""
+import json
 import os
 import pathlib
 import socket
@@ -186,6 +187,82 @@ def test_two_processes_match_one_process(tmp_path):
   assert set(got.files) == set(expected) | {'losses'}
   for key, value in expected.items():
     np.testing.assert_allclose(got[key], value, rtol=1e-4, atol=1e-5, err_msg=key)
+
+
+def run_eval(mesh, rows):
+  """evaluate() over 16 images (the last 3 padding) in global batches of 8; `rows` selects this
+  process's rows of each global batch, and its ids, as the eval pipeline hands them out."""
+  from jaxseg import evaluate  # pylint: disable=g-import-not-at-top
+  config = tiny_config()
+  config.data.dataset = 'synthetic_shapes'
+  config.eval.mode = 'whole'
+  model = TinySegNet(config.data.num_classes)
+  rng = np.random.RandomState(1)
+  images = rng.randn(16, 8, 10, 3).astype(np.float32)
+  labels = rng.randint(0, config.data.num_classes, (16, 8, 10)).astype(np.int32)
+  labels[:, 6:] = 255
+  valid = np.arange(16) < 13
+  ids = np.array([f'img{i}'.encode() for i in range(16)])
+  variables = model.init(jax.random.key(3), images[:1])
+
+  def batches():
+    for s in range(0, 16, 8):
+      local = {k: v[s:s + 8][rows] for k, v in
+               (('image', images), ('label', labels), ('valid', valid))}
+      yield {**parallel.shard_batch(local, mesh), 'id': ids[s:s + 8][rows]}
+
+  results = evaluate.evaluate(config, model, variables, mesh, 'val', batches=batches())
+  return {'confusion_matrix': np.asarray(results['confusion_matrix']).tolist(),
+          'mean_iou': results['mean_iou'], 'num_images': results['num_images'],
+          'per_image': results['per_image']}
+
+
+EVAL_WORKER = textwrap.dedent('''
+    import json, os, sys
+    os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=4'
+    sys.path.insert(0, {tests!r})
+    sys.path.insert(0, {root!r})
+    from jaxseg import parallel
+    assert parallel.maybe_initialize_distributed()
+    import jax
+    import test_parallel as t
+    pid = jax.process_index()
+    got = t.run_eval(parallel.create_mesh(), slice(4 * pid, 4 * pid + 4))
+    with open(sys.argv[1] + str(pid), 'w') as f:
+      json.dump(got, f)
+''')
+
+
+def test_two_process_evaluation_matches_one_process(tmp_path):
+  """Confusion matrix (psum across hosts) and per-image ids/scores (all-gathered) agree."""
+  script = tmp_path / 'eval_worker.py'
+  script.write_text(EVAL_WORKER.format(tests=str(ROOT / 'tests'), root=str(ROOT)))
+  out = tmp_path / 'eval.json'
+  port = _free_port()
+  procs = []
+  for pid in range(2):
+    env = dict(os.environ, JAX_COORDINATOR_ADDRESS=f'localhost:{port}', JAX_NUM_PROCESSES='2',
+               JAX_PROCESS_ID=str(pid), JAX_PLATFORMS='cpu')
+    procs.append(subprocess.Popen([sys.executable, str(script), str(out)], env=env, cwd=tmp_path,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+  expected = run_eval(parallel.create_mesh(), slice(None))
+  for proc in procs:
+    try:
+      log = proc.communicate(timeout=600)[0]
+    except subprocess.TimeoutExpired:
+      for p in procs:
+        p.kill()
+      raise
+    assert proc.returncode == 0, log[-3000:]
+  assert expected['num_images'] == 13
+  assert [p['id'] for p in expected['per_image']] == [f'img{i}' for i in range(13)]
+  for pid in range(2):  # Every process holds the full result.
+    got = json.loads((tmp_path / f'eval.json{pid}').read_text())
+    assert got['confusion_matrix'] == expected['confusion_matrix']
+    assert got['mean_iou'] == pytest.approx(expected['mean_iou'])
+    assert [p['id'] for p in got['per_image']] == [p['id'] for p in expected['per_image']]
+    for a, b in zip(got['per_image'], expected['per_image']):
+      assert a['iou'] == pytest.approx(b['iou'], nan_ok=True)
 
 
 def test_bfloat16_compute_keeps_float32_params_and_loss():
