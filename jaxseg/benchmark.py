@@ -21,7 +21,7 @@ How it measures, and why:
   network, same work). The program that runs writes some convolutions as matmuls inside loops,
   which cost analysis counts once per loop; its count is kept in the JSON as 'flops_executed',
   and torch's own (FlopCounterMode, convs and matmuls only) as a cross-check.
-- Peak FLOP/s: on the CPU, measured in the same run as the median of a float32 4096x4096 matmul
+- Peak FLOP/s: on the CPU, measured in the same run as the median of a 4096x4096 matmul (run dtype)
   in XLA and in torch (the faster one is the peak); on GPU/TPU, the published dense peak of the
   device kind for the dtype (PEAK_TFLOPS). "%peak" is achieved FLOP/s over that.
 - Memory: the device's peak bytes where the backend reports them (GPU/TPU); on the CPU the
@@ -424,7 +424,11 @@ class _TorchWorkload:
 
 
 class _MatmulWorkload:
-  """float32 MATMUL_SIZE^2 matmul in XLA and in torch: the CPU's attainable peak."""
+  """MATMUL_SIZE^2 matmul in the run's dtype, in XLA and in torch: the CPU's attainable peak.
+
+  In the run's dtype because the CPU's peak depends on it (this machine's AMX units multiply
+  bfloat16 several times faster than float32 where the library uses them).
+  """
 
   def __init__(self, spec: Spec, size: int):
     import jax
@@ -433,10 +437,11 @@ class _MatmulWorkload:
 
     torch.set_num_threads(spec.threads or available_cores())
     self.jax, self.torch = jax, torch
-    a = jnp.asarray(jax.random.normal(jax.random.key(0), (size, size)), jnp.float32)
+    a = jnp.asarray(jax.random.normal(jax.random.key(0), (size, size)), spec.dtype)
     self.jax_args = (a, a + 1)
     self.jax_fn = jax.jit(jnp.matmul).lower(*self.jax_args).compile()
-    self.torch_args = (torch.randn(size, size), torch.randn(size, size))
+    dtype = getattr(torch, spec.dtype)
+    self.torch_args = (torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype))
     self.flops = 2.0 * size ** 3
     for _ in range(2):
       self.step('jax')
@@ -652,7 +657,8 @@ def run_spec(spec: Spec, steps: int = 10, warmup: int = 2, with_torch: bool = Tr
              if times[f'matmul_{k}']}
     record['matmul_flops_per_s'] = rates
     record['peak_flops_per_s'] = max(rates.values())
-    record['peak_source'] = f'measured float32 {peak_size}^2 matmul (max of XLA and torch)'
+    record['peak_source'] = (f'measured {spec.dtype} {peak_size}^2 matmul '
+                             '(max of XLA and torch)')
   else:
     record['peak_flops_per_s'] = published_peak(device_kind, spec.dtype)
     record['peak_source'] = f'published peak of {device_kind!r} for {spec.dtype}'

@@ -61,6 +61,15 @@ def test_op_train_smoke():
   assert record['peak_flops_per_s'] is None  # No CPU peak asked, no published one.
 
 
+def test_bfloat16_op_smoke_measures_the_peak_in_its_dtype():
+  spec = benchmark.Spec(op='max_pool', mode='train', batch=1, size=(16, 24), width=TINY,
+                        dtype='bfloat16')
+  record = benchmark.run_spec(spec, steps=1, warmup=0, peak_size=128)
+  assert record['peak_source'].startswith('measured bfloat16 128^2 matmul')
+  assert set(record['matmul_flops_per_s']) == {'jax', 'torch'}
+  assert record['jax']['step_s'] > 0 and record['torch']['step_s'] > 0
+
+
 def test_worker_errors_surface_as_value_errors():
   # DeconvNet's valid 7x7 fc6 needs inputs >= 193: the model's own message comes back.
   spec = benchmark.Spec(model='deconvnet', batch=1, size=(64, 64), width=TINY)
