@@ -158,10 +158,11 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def test_two_processes_match_one_process(tmp_path):
+def run_two_processes(tmp_path, worker_source, out, reference):
+  """Runs `worker_source` as processes 0 and 1 of a jax.distributed job (4 CPU devices each,
+  argv[1] = out) while `reference()` runs here (1 process, 8 devices); returns its result."""
   script = tmp_path / 'worker.py'
-  script.write_text(WORKER.format(tests=str(ROOT / 'tests'), root=str(ROOT)))
-  out = tmp_path / 'two_process.npz'
+  script.write_text(worker_source.format(tests=str(ROOT / 'tests'), root=str(ROOT)))
   port = _free_port()
   procs = []
   for pid in range(2):
@@ -169,19 +170,23 @@ def test_two_processes_match_one_process(tmp_path):
                JAX_PROCESS_ID=str(pid), JAX_PLATFORMS='cpu')
     procs.append(subprocess.Popen([sys.executable, str(script), str(out)], env=env, cwd=tmp_path,
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-  # The reference (one process, 8 devices) runs meanwhile.
-  config = tiny_config()
-  expected, expected_losses = run_steps(config, parallel.create_mesh(), slice(None))
-  logs = []
+  expected = reference()
   for proc in procs:
     try:
-      logs.append(proc.communicate(timeout=600)[0])
+      log = proc.communicate(timeout=600)[0]
     except subprocess.TimeoutExpired:
       for p in procs:
         p.kill()
       raise
-  for proc, log in zip(procs, logs):
     assert proc.returncode == 0, log[-3000:]
+  return expected
+
+
+def test_two_processes_match_one_process(tmp_path):
+  out = tmp_path / 'two_process.npz'
+  expected, expected_losses = run_two_processes(
+      tmp_path, WORKER, out,
+      lambda: run_steps(tiny_config(), parallel.create_mesh(), slice(None)))
   got = np.load(out)
   np.testing.assert_allclose(got['losses'], expected_losses, rtol=1e-5)
   assert set(got.files) == set(expected) | {'losses'}
@@ -235,25 +240,9 @@ EVAL_WORKER = textwrap.dedent('''
 
 def test_two_process_evaluation_matches_one_process(tmp_path):
   """Confusion matrix (psum across hosts) and per-image ids/scores (all-gathered) agree."""
-  script = tmp_path / 'eval_worker.py'
-  script.write_text(EVAL_WORKER.format(tests=str(ROOT / 'tests'), root=str(ROOT)))
   out = tmp_path / 'eval.json'
-  port = _free_port()
-  procs = []
-  for pid in range(2):
-    env = dict(os.environ, JAX_COORDINATOR_ADDRESS=f'localhost:{port}', JAX_NUM_PROCESSES='2',
-               JAX_PROCESS_ID=str(pid), JAX_PLATFORMS='cpu')
-    procs.append(subprocess.Popen([sys.executable, str(script), str(out)], env=env, cwd=tmp_path,
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-  expected = run_eval(parallel.create_mesh(), slice(None))
-  for proc in procs:
-    try:
-      log = proc.communicate(timeout=600)[0]
-    except subprocess.TimeoutExpired:
-      for p in procs:
-        p.kill()
-      raise
-    assert proc.returncode == 0, log[-3000:]
+  expected = run_two_processes(tmp_path, EVAL_WORKER, out,
+                               lambda: run_eval(parallel.create_mesh(), slice(None)))
   assert expected['num_images'] == 13
   assert [p['id'] for p in expected['per_image']] == [f'img{i}' for i in range(13)]
   for pid in range(2):  # Every process holds the full result.
