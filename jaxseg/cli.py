@@ -111,7 +111,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
   _print_results(results, f'{config.model.name} step {step} on {config.data.dataset} {split} '
                  f'({results["num_images"]} images, eval.mode={config.eval.mode}, '
                  f'{seconds:.1f} s):')
-  print(f'wrote {evaluate.results_path(args.workdir, split, step)}')
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.process_index() == 0:  # The only process that writes it.
+    print(f'wrote {evaluate.results_path(args.workdir, split, step)}')
   return 0
 
 
