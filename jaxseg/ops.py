@@ -729,51 +729,8 @@ def _conv_padding(padding: Padding, size: Sequence[int], kernel_hw: Sequence[int
                    f'got {padding!r}')
 
 
-class Conv(nn.Module):
-  """`nn.Conv` (2-D, NHWC) computed by `conv2d`: same params ('kernel' HWIO, 'bias'), same numbers.
-
-  Attributes are nn.Conv's: features, kernel_size, strides, padding ('SAME', 'VALID', an int,
-  (ph, pw) or ((top, bottom), (left, right))), kernel_dilation, use_bias, dtype, param_dtype,
-  precision, kernel_init, bias_init.
-  """
-  features: int
-  kernel_size: Sequence[int]
-  strides: Pair = 1
-  padding: Padding = 'SAME'
-  kernel_dilation: Pair = 1
-  use_bias: bool = True
-  dtype: Any = None
-  param_dtype: Any = jnp.float32
-  precision: Any = None
-  kernel_init: Callable[..., Array] = nn.initializers.lecun_normal()
-  bias_init: Callable[..., Array] = nn.initializers.zeros_init()
-
-  @nn.compact
-  def __call__(self, x: Array) -> Array:
-    where = f'Conv {self.name}'
-    _check_nhwc(x, f'{where}: x')
-    kernel_hw = _pair(tuple(self.kernel_size), f'{where}: kernel_size')
-    strides = _pair(self.strides, f'{where}: strides')
-    rates = _pair(self.kernel_dilation, f'{where}: kernel_dilation')
-    pads = _conv_padding(self.padding, x.shape[1:3], kernel_hw, strides, rates, where)
-    kernel = self.param('kernel', self.kernel_init, kernel_hw + (x.shape[-1], self.features),
-                        self.param_dtype)
-    bias = (self.param('bias', self.bias_init, (self.features,), self.param_dtype)
-            if self.use_bias else None)
-    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    y = conv2d(x, kernel, strides, pads, rates, self.precision)
-    return y if bias is None else y + bias
-
-
-class ConvTranspose(nn.Module):
-  """Caffe's Deconvolution / torch's ConvTranspose2d, computed by `conv_transpose`.
-
-  Params are `nn.ConvTranspose(transpose_kernel=True)`'s: 'kernel' (kh, kw, features, in) and
-  'bias'. `padding` is torch's (cropped from each side of the full (h - 1) * s + k output): an
-  int, (ph, pw) or ((top, bottom), (left, right)). Equal to nn.ConvTranspose(transpose_kernel=
-  True) with padding 'VALID' when padding is 0 (and kernel >= stride), or with explicit padding
-  k - 1 - p at stride 1.
-  """
+class _ConvLayer(nn.Module):
+  """Attributes and parameters shared by Conv and ConvTranspose (nn.Conv's names and defaults)."""
   features: int
   kernel_size: Sequence[int]
   strides: Pair = 1
@@ -785,6 +742,47 @@ class ConvTranspose(nn.Module):
   kernel_init: Callable[..., Array] = nn.initializers.lecun_normal()
   bias_init: Callable[..., Array] = nn.initializers.zeros_init()
 
+  def _params(self, x: Array, kernel_shape: tuple[int, ...]) -> tuple[Array, Array, Array | None]:
+    """'kernel' and 'bias' (when use_bias), promoted with x to the compute dtype."""
+    kernel = self.param('kernel', self.kernel_init, kernel_shape, self.param_dtype)
+    bias = (self.param('bias', self.bias_init, (self.features,), self.param_dtype)
+            if self.use_bias else None)
+    return nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+
+
+class Conv(_ConvLayer):
+  """`nn.Conv` (2-D, NHWC) computed by `conv2d`: same params ('kernel' HWIO, 'bias'), same numbers.
+
+  Attributes are nn.Conv's: features, kernel_size, strides, padding ('SAME', 'VALID', an int,
+  (ph, pw) or ((top, bottom), (left, right))), kernel_dilation, use_bias, dtype, param_dtype,
+  precision, kernel_init, bias_init.
+  """
+  padding: Padding = 'SAME'
+  kernel_dilation: Pair = 1
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    where = f'Conv {self.name}'
+    _check_nhwc(x, f'{where}: x')
+    kernel_hw = _pair(tuple(self.kernel_size), f'{where}: kernel_size')
+    strides = _pair(self.strides, f'{where}: strides')
+    rates = _pair(self.kernel_dilation, f'{where}: kernel_dilation')
+    pads = _conv_padding(self.padding, x.shape[1:3], kernel_hw, strides, rates, where)
+    x, kernel, bias = self._params(x, kernel_hw + (x.shape[-1], self.features))
+    y = conv2d(x, kernel, strides, pads, rates, self.precision)
+    return y if bias is None else y + bias
+
+
+class ConvTranspose(_ConvLayer):
+  """Caffe's Deconvolution / torch's ConvTranspose2d, computed by `conv_transpose`.
+
+  Params are `nn.ConvTranspose(transpose_kernel=True)`'s: 'kernel' (kh, kw, features, in) and
+  'bias'. `padding` is torch's (cropped from each side of the full (h - 1) * s + k output): an
+  int, (ph, pw) or ((top, bottom), (left, right)). Equal to nn.ConvTranspose(transpose_kernel=
+  True) with padding 'VALID' when padding is 0 (and kernel >= stride), or with explicit padding
+  k - 1 - p at stride 1.
+  """
+
   @nn.compact
   def __call__(self, x: Array) -> Array:
     where = f'ConvTranspose {self.name}'
@@ -794,10 +792,6 @@ class ConvTranspose(nn.Module):
     if isinstance(self.padding, str):
       raise ValueError(f"{where}: padding is torch's crop (int or pairs), got {self.padding!r}")
     pads = _conv_padding(self.padding, x.shape[1:3], kernel_hw, strides, (1, 1), where)
-    kernel = self.param('kernel', self.kernel_init, kernel_hw + (self.features, x.shape[-1]),
-                        self.param_dtype)
-    bias = (self.param('bias', self.bias_init, (self.features,), self.param_dtype)
-            if self.use_bias else None)
-    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    x, kernel, bias = self._params(x, kernel_hw + (self.features, x.shape[-1]))
     y = conv_transpose(x, kernel, strides, pads, self.precision)
     return y if bias is None else y + bias
