@@ -4,7 +4,6 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-export NO_GCE_CHECK := true
 export TF_CPP_MIN_LOG_LEVEL := 2
 
 .PHONY: install test demo clean

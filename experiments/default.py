@@ -63,10 +63,14 @@ def get_config() -> ml_collections.ConfigDict:
 
   # ---------------------------------------------------------------- training loop
   config.train = ml_collections.ConfigDict()
-  config.train.batch_size = 16  # Global batch, divisible by the total device count.
+  config.train.batch_size = 16  # Global batch per update, divisible by devices x grad_accum_steps.
+  # > 1: each update sums the gradients of this many micro-batches (batch_size / k each): the same
+  # update as one step of the whole batch, in 1/k of the activation memory; BatchNorm statistics
+  # are per micro-batch (Caffe's iter_size).
+  config.train.grad_accum_steps = 1
   config.train.num_steps = 30000
   config.train.log_every = 50
-  config.train.eval_every = 2000  # 0 = only at the end.
+  config.train.eval_every = 2000  # 0 = only at the end; -1 = never (e.g. training on trainval).
   config.train.checkpoint_every = 1000
   config.train.keep_checkpoints = 3  # Last N kept, plus the best by mean IoU.
 

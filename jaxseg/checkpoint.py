@@ -11,7 +11,7 @@ trained on is refused unless explicitly allowed.
 """
 import json
 import logging
-import pathlib
+import os
 from typing import Any
 
 import jax
@@ -22,6 +22,7 @@ from jax.sharding import Mesh
 from orbax.checkpoint import checkpoint_managers
 
 from jaxseg import parallel
+from jaxseg import storage
 
 CHECKPOINT_DIR = 'checkpoints'
 CONFIG_FILE = 'config.json'
@@ -86,9 +87,9 @@ def check_compatible(
   return differences
 
 
-def read_workdir_config(workdir: str | pathlib.Path) -> dict | None:
+def read_workdir_config(workdir: str | os.PathLike) -> dict | None:
   """The config.json a previous run wrote into `workdir`, or None."""
-  path = pathlib.Path(workdir) / CONFIG_FILE
+  path = storage.resolve(workdir) / CONFIG_FILE
   if not path.is_file():
     return None
   try:
@@ -97,15 +98,12 @@ def read_workdir_config(workdir: str | pathlib.Path) -> dict | None:
     raise ValueError(f'{path} is not valid JSON ({e}); delete it or use another workdir.') from e
 
 
-def write_workdir_config(workdir: str | pathlib.Path, config: ml_collections.ConfigDict) -> None:
+def write_workdir_config(workdir: str | os.PathLike, config: ml_collections.ConfigDict) -> None:
   """Writes the resolved config as <workdir>/config.json (process 0 only)."""
   if jax.process_index() != 0:
     return
-  path = pathlib.Path(workdir) / CONFIG_FILE
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_suffix('.json.tmp')
-  tmp.write_text(json.dumps(config_to_dict(config), indent=2, sort_keys=True) + '\n')
-  tmp.replace(path)
+  storage.write_text_atomic(storage.resolve(workdir) / CONFIG_FILE,
+                            json.dumps(config_to_dict(config), indent=2, sort_keys=True) + '\n')
 
 
 # Orbax writes a replicated array from all replicas in parallel, slicing it with one small jitted
@@ -138,10 +136,10 @@ def _best_metric(metrics: dict) -> float:
 class Checkpointer:
   """Saves and restores train states in <workdir>/checkpoints (an orbax CheckpointManager)."""
 
-  def __init__(self, workdir: str | pathlib.Path, keep: int = 3, *, read_only: bool = False):
+  def __init__(self, workdir: str | os.PathLike, keep: int = 3, *, read_only: bool = False):
     if keep < 1:
       raise ValueError(f'config.train.keep_checkpoints={keep} must be >= 1.')
-    self.directory = pathlib.Path(workdir).absolute() / CHECKPOINT_DIR
+    self.directory = storage.resolve(workdir) / CHECKPOINT_DIR
     if read_only and not self.directory.is_dir():
       raise FileNotFoundError(f'No checkpoints in {self.directory}: train into this workdir first.')
     # Every save carries a metrics dict (empty without an eval), which orbax stores only when a
@@ -256,7 +254,7 @@ def _config_from_dict(values: dict) -> ml_collections.ConfigDict:
   return config_loading.from_dict(values)
 
 
-def load_for_inference(workdir: str | pathlib.Path, mesh: Mesh,
+def load_for_inference(workdir: str | os.PathLike, mesh: Mesh,
                        which: str | int = 'best') -> tuple[dict, ml_collections.ConfigDict, int]:
   """(variables, config, step) of a trained workdir: what `jaxseg eval/predict` need.
 

@@ -1,4 +1,4 @@
-"""The `jaxseg` command: train, eval, predict, demo, plus plug-in subcommands.
+"""The `jaxseg` command: train, eval, predict, demo, convert-weights, report, benchmark.
 
   jaxseg train   --config experiments/fcn8s_voc.py --workdir DIR [--config.train.batch_size=8]
   jaxseg eval    --workdir DIR [--split val] [--checkpoint best|latest|STEP]
@@ -7,7 +7,8 @@
 
 `--config.a.b=value` overrides any field of experiments/default.py, parsed with the field's type
 (`--config.data.crop_size=256,256`, `--config.model.sync_bn=false`); a misspelt field fails
-with its name. Other modules add subcommands through `register(subparsers)` (see PLUGINS); a
+with its name. convert-weights, report and benchmark are defined beside their code
+(`register(subparsers)` in jaxseg.weights.command, jaxseg.report, jaxseg.benchmark.command); every
 handler is stored as `func` in the parser defaults and called as `func(args)`.
 
 Bad input (missing file, unknown field, ...) prints one line `jaxseg: error: ...` and exits 2;
@@ -15,7 +16,6 @@ Bad input (missing file, unknown field, ...) prints one line `jaxseg: error: ...
 """
 from collections.abc import Sequence
 import argparse
-import importlib
 import json
 import logging
 import os
@@ -24,9 +24,13 @@ import sys
 import time
 from typing import Any
 
+from jaxseg import accelerators
 from jaxseg import config_loading
+from jaxseg import report
+from jaxseg import storage
+from jaxseg.benchmark import command as benchmark_command
+from jaxseg.weights import command as weights_command
 
-PLUGINS = ('weights', 'report', 'benchmark')  # jaxseg.<name>.register(subparsers), if present.
 USAGE_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
                 PermissionError)
 DEMO_PREDICTIONS = 4
@@ -38,7 +42,7 @@ def _load_train_config(args: argparse.Namespace):
   if args.config:
     config = config_loading.load_config(args.config)
   else:
-    saved = pathlib.Path(args.workdir) / 'config.json'
+    saved = storage.resolve(args.workdir) / 'config.json'
     if not saved.is_file():
       raise ValueError(f'no --config given and {saved} does not exist: pass --config '
                        'experiments/<recipe>.py (or resume a workdir that has a config.json)')
@@ -53,19 +57,6 @@ def _torch_before_tensorflow(config) -> None:
       import torchvision  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
     except ImportError:
       pass
-
-
-def _restore(workdir: str, which: str, overrides: Sequence[tuple[str, str]]):
-  """(config, model, variables, step, mesh) of a trained workdir's best/latest checkpoint."""
-  from jaxseg import checkpoint, parallel, train  # pylint: disable=g-import-not-at-top
-  if not pathlib.Path(workdir).is_dir():
-    raise FileNotFoundError(f'workdir {workdir} does not exist')
-  mesh = parallel.create_mesh()
-  variables, saved_config, step = checkpoint.load_for_inference(workdir, mesh, which)
-  config = config_loading.from_dict(saved_config.to_dict())
-  config = config_loading.apply_overrides(config, overrides)
-  model = train.build_model(config)
-  return config, model, variables, step, mesh
 
 
 def _checkpoint_arg(value: str) -> str | int:
@@ -97,63 +88,66 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-  from jaxseg import evaluate, parallel  # pylint: disable=g-import-not-at-top
+  from jaxseg import inference, launch  # pylint: disable=g-import-not-at-top
   # One process per host, as `jaxseg train`: each reads its share of the split and the
   # confusion matrix is summed across hosts. Must run before anything touches a device.
-  parallel.maybe_initialize_distributed()
-  config, model, variables, step, mesh = _restore(args.workdir, args.checkpoint,
-                                                  args.config_overrides)
+  launch.initialize_from_environment()
+  restored = inference.restore(args.workdir, args.checkpoint, args.config_overrides)
+  config, step = restored.config, restored.step
   split = args.split or config.data.eval_split
   start = time.perf_counter()
-  results = evaluate.evaluate(config, model, variables, mesh, split, workdir=args.workdir,
-                              step=step, progress=True)
+  results = inference.evaluate(config, restored.model, restored.variables, restored.mesh, split,
+                               workdir=args.workdir, step=step, progress=True)
   seconds = time.perf_counter() - start
   _print_results(results, f'{config.model.name} step {step} on {config.data.dataset} {split} '
                  f'({results["num_images"]} images, eval.mode={config.eval.mode}, '
                  f'{seconds:.1f} s):')
   import jax  # pylint: disable=g-import-not-at-top
   if jax.process_index() == 0:  # The only process that writes it.
-    print(f'wrote {evaluate.results_path(args.workdir, split, step)}')
+    print(f'wrote {inference.results_path(args.workdir, split, step)}')
   return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-  from jaxseg import predict  # pylint: disable=g-import-not-at-top
-  config, model, variables, step, _ = _restore(args.workdir, args.checkpoint,
-                                               args.config_overrides)
-  predictor = predict.predictor_from_config(config, model, variables, bucket=args.bucket)
-  print(f'{config.model.name} step {step}, eval.mode={config.eval.mode}')
-  report = predict.predict_files(predictor, args.input, args.output, predict.palette_of(config))
-  return 1 if report['failed'] else 0
+  from jaxseg import inference  # pylint: disable=g-import-not-at-top
+  from jaxseg.data import classes  # pylint: disable=g-import-not-at-top
+  restored = inference.restore(args.workdir, args.checkpoint, args.config_overrides)
+  config = restored.config
+  predictor = inference.predictor_from_config(config, restored.model, restored.variables,
+                                              bucket=args.bucket)
+  print(f'{config.model.name} step {restored.step}, eval.mode={config.eval.mode}')
+  written = inference.predict_files(predictor, args.input, args.output,
+                                    classes.palette_for(config.data.dataset))
+  return 1 if written['failed'] else 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
   """Train experiments/demo.py on the embedded dataset, evaluate, predict a few val images."""
-  from jaxseg import checkpoint, evaluate, parallel, predict, train  # pylint: disable=g-import-not-at-top
+  from jaxseg import inference, train  # pylint: disable=g-import-not-at-top
   start = time.perf_counter()
   demo_path = config_loading.experiments_dir() / 'demo.py'
   config = config_loading.apply_overrides(config_loading.load_config(demo_path),
                                           args.config_overrides)
-  workdir = pathlib.Path(args.workdir)
+  workdir = storage.resolve(args.workdir)
   print(f'jaxseg demo: {config.model.name} (width {config.model.width}) on '
         f'{config.data.dataset}, {config.train.num_steps} steps, workdir {workdir}', flush=True)
   train.train_and_evaluate(config, workdir, allow_config_change=args.allow_config_change)
   trained = time.perf_counter()
 
-  mesh = parallel.create_mesh()
-  variables, _, step = checkpoint.load_for_inference(workdir, mesh, 'latest')
-  model = train.build_model(config)
-  saved = evaluate.results_path(workdir, config.data.eval_split, step)
+  restored = inference.restore(workdir, 'latest', args.config_overrides)
+  step = restored.step
+  saved = inference.results_path(workdir, config.data.eval_split, step)
   if saved.is_file():  # The trainer's final evaluation of this very step.
     results = json.loads(saved.read_text())
   else:
-    results = evaluate.evaluate(config, model, variables, mesh, workdir=workdir, step=step)
+    results = inference.evaluate(config, restored.model, restored.variables, restored.mesh,
+                                 workdir=workdir, step=step)
   results = _nan_for_none(results)
   _print_results(results, f'{config.data.dataset} {results["split"]} after {step} steps '
                  f'({results["num_images"]} images):')
 
-  predictor = predict.predictor_from_config(config, model, variables)
-  written = _demo_predictions(config, predictor, workdir / 'predictions', args.num_predictions)
+  written = inference.write_examples(config, restored.predictor, workdir / 'predictions',
+                                     args.num_predictions)
   total = time.perf_counter() - start
   print(f'predictions for {len(written)} {results["split"]} images in {workdir / "predictions"}')
   print(f'demo mean IoU {100 * results["mean_iou"]:.2f}% (predicting background everywhere: '
@@ -181,31 +175,6 @@ def _background_only_miou(confusion: Any) -> float:
   trivial = np.zeros((len(truth), len(truth)))
   trivial[:, 0] = truth
   return metrics.scores_from_confusion(trivial)['mean_iou']
-
-
-def _demo_predictions(config, predictor, output: pathlib.Path, count: int) -> list[str]:
-  """Label, overlay and ground-truth PNGs for the first `count` images of the eval split."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  import PIL.Image  # pylint: disable=g-import-not-at-top
-  from jaxseg import predict  # pylint: disable=g-import-not-at-top
-  from jaxseg.data import pipeline  # pylint: disable=g-import-not-at-top
-  builder = pipeline.load_builder(config)
-  palette = predict.palette_of(config)
-  output.mkdir(parents=True, exist_ok=True)
-  written = []
-  ds = builder.as_dataset(split=f'{config.data.eval_split}[:{count}]')
-  for example in ds.as_numpy_iterator():
-    name = example['id'].decode() if 'id' in example else str(len(written))
-    image = example['image']
-    label = predictor(image)
-    predict.save_label_png(output / f'{name}.png', label, palette)
-    PIL.Image.fromarray(predict.overlay(image, label, palette)).save(
-        output / f'{name}_overlay.png')
-    PIL.Image.fromarray(image).save(output / f'{name}_image.png')
-    truth = np.asarray(example['label'])
-    predict.save_label_png(output / f'{name}_truth.png', truth, palette)
-    written.append(name)
-  return written
 
 
 # ---------------------------------------------------------------- parser
@@ -251,33 +220,13 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument('--allow_config_change', '--allow-config-change', action='store_true')
   p.set_defaults(func=cmd_demo)
 
-  for name in PLUGINS:
-    _register_plugin(name, sub, common)
+  for register in (weights_command.register, report.register, benchmark_command.register):
+    register(sub)
+  for subparser in sub.choices.values():
+    if '--traceback' not in subparser._option_string_actions:  # pylint: disable=protected-access
+      subparser.add_argument('--traceback', action='store_true',
+                             help='show the Python traceback of an error')
   return parser
-
-
-def _register_plugin(name: str, sub: Any, common: argparse.ArgumentParser) -> None:
-  module_name = f'jaxseg.{name}'
-  try:
-    module = importlib.import_module(module_name)
-  except ModuleNotFoundError as e:
-    if e.name == module_name:  # Not part of this installation: no subcommand.
-      return
-    print(f'jaxseg: warning: {module_name} could not be imported ({e}); its subcommand is '
-          'unavailable', file=sys.stderr)
-    return
-  except Exception as e:  # pylint: disable=broad-except  A broken plug-in must not break the CLI.
-    print(f'jaxseg: warning: {module_name} failed to import ({type(e).__name__}: {e})',
-          file=sys.stderr)
-    return
-  register = getattr(module, 'register', None)
-  if register is None:
-    return
-  before = set(sub.choices)
-  register(sub)
-  for added in set(sub.choices) - before:  # Give plug-in commands --traceback too.
-    sub.choices[added].add_argument('--traceback', action='store_true',
-                                    help='show the Python traceback of an error')
 
 
 def _setup_logging() -> None:
@@ -300,7 +249,8 @@ def _setup_logging() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  os.environ.setdefault('NO_GCE_CHECK', 'true')
+  # Before any JAX backend starts: XLA flags for GPUs, the compilation cache, NO_GCE_CHECK.
+  accelerators.prepare_process(os.environ)
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   argv = list(sys.argv[1:] if argv is None else argv)
   parser = build_parser()

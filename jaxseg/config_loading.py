@@ -231,8 +231,9 @@ def _merge(config: ml_collections.ConfigDict, values: dict[str, Any], prefix: st
 
 
 def from_json_file(path: str | os.PathLike[str]) -> ml_collections.ConfigDict:
-  """Reads a workdir's config.json back into a locked ConfigDict."""
-  path = pathlib.Path(path)
+  """Reads a workdir's config.json (local or cloud storage) back into a locked ConfigDict."""
+  from jaxseg import storage  # pylint: disable=g-import-not-at-top
+  path = storage.resolve(path)
   if not path.is_file():
     raise FileNotFoundError(f'{path} not found: is this a jaxseg workdir (made by `jaxseg train`)?')
   try:

@@ -46,15 +46,28 @@ def cross_entropy_sums(
   # take_along_axis's is a scatter-add. The sum adds exact zeros, so the value is the same.
   picked = jnp.arange(num_classes) == safe[..., None]
   nll = -jnp.sum(jnp.where(picked, log_probs, 0.0), axis=-1)
-  if class_weights is None or len(class_weights) == 0:
-    weight = valid.astype(jnp.float32)
-  else:
-    class_weights = jnp.asarray(class_weights, jnp.float32)
-    if class_weights.shape != (num_classes,):
-      raise ValueError(f'config.loss.class_weights has {class_weights.shape[0]} entries; the model '
-                       f'predicts {num_classes} classes: give one weight per class or none.')
-    weight = jnp.where(valid, class_weights[safe], 0.0)
+  weight = _pixel_weights(labels, num_classes, ignore_label, class_weights)
   return jnp.sum(weight * nll), jnp.sum(weight)
+
+
+def _pixel_weights(labels: jax.Array, num_classes: int, ignore_label: int,
+                   class_weights: Sequence[float] | jax.Array | None) -> jax.Array:
+  """float32 weight of every pixel: w[label] (1 without class weights), 0 where ignored."""
+  labels = labels.astype(jnp.int32)
+  valid = labels != ignore_label
+  if class_weights is None or len(class_weights) == 0:
+    return valid.astype(jnp.float32)
+  class_weights = jnp.asarray(class_weights, jnp.float32)
+  if class_weights.shape != (num_classes,):
+    raise ValueError(f'config.loss.class_weights has {class_weights.shape[0]} entries; the model '
+                     f'predicts {num_classes} classes: give one weight per class or none.')
+  return jnp.where(valid, class_weights[jnp.where(valid, labels, 0)], 0.0)
+
+
+def pixel_weight_sum(labels: jax.Array, num_classes: int, ignore_label: int = 255,
+                     class_weights: Sequence[float] | jax.Array | None = None) -> jax.Array:
+  """The local normaliser of `cross_entropy_sums` from the labels alone (no logits needed)."""
+  return jnp.sum(_pixel_weights(labels, num_classes, ignore_label, class_weights))
 
 
 def segmentation_loss(

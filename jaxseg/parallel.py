@@ -3,13 +3,13 @@
 Functions handed to `data_parallel` are written per device, as for `jax.pmap`: they see one
 device's slice of the batch and the full (replicated) state, and use collectives over the axis
 'data' (`lax.pmean` of gradients, cross-replica BatchNorm, `psum`ed metrics). The mesh spans
-every device of every process, so the same code runs on one CPU, one GPU host or a multi-host pod.
+every device of every process, so the same code runs on one CPU, one GPU host or a multi-host pod
+(several processes are started by jaxseg.launch before any of this runs).
 
 `check_vma=False` keeps pmap's semantics: the gradient of a replicated parameter is the local,
 per-device gradient (which the step then `pmean`s). With `check_vma=True` JAX would instead
 insert the cross-device sum itself and the explicit `pmean` would be a no-op.
 """
-import os
 from typing import Any, Callable, Sequence
 
 import jax
@@ -17,51 +17,6 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = 'data'
-
-# Environment variables read by maybe_initialize_distributed (JAX itself reads the first).
-_ENV_COORDINATOR = 'JAX_COORDINATOR_ADDRESS'
-_ENV_NUM_PROCESSES = 'JAX_NUM_PROCESSES'
-_ENV_PROCESS_ID = 'JAX_PROCESS_ID'
-# Set by launchers whose cluster JAX detects on its own (SLURM, Open MPI, multi-host TPU).
-_CLUSTER_ENV = ('SLURM_NTASKS', 'OMPI_COMM_WORLD_SIZE')
-
-
-def maybe_initialize_distributed(
-    coordinator_address: str | None = None,
-    num_processes: int | None = None,
-    process_id: int | None = None,
-) -> bool:
-  """Starts JAX's multi-controller runtime when this program is one of several processes.
-
-  Arguments win over the environment variables JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and
-  JAX_PROCESS_ID; without either, SLURM/Open MPI launches with more than one task are detected
-  by `jax.distributed.initialize()` itself. Must run before anything touches a JAX device.
-  On the CPU, cross-process collectives use gloo (JAX's default).
-
-  Returns:
-    True when the distributed runtime is (now) initialised.
-  """
-  if jax.distributed.is_initialized():
-    return True
-  coordinator_address = coordinator_address or os.environ.get(_ENV_COORDINATOR)
-  if num_processes is None and os.environ.get(_ENV_NUM_PROCESSES):
-    num_processes = int(os.environ[_ENV_NUM_PROCESSES])
-  if process_id is None and os.environ.get(_ENV_PROCESS_ID):
-    process_id = int(os.environ[_ENV_PROCESS_ID])
-  if coordinator_address or (num_processes or 1) > 1:
-    if coordinator_address is None or num_processes is None or process_id is None:
-      raise ValueError(
-          'A multi-process launch needs all of coordinator address, number of processes and '
-          f'process id (got {coordinator_address!r}, {num_processes!r}, {process_id!r}); set '
-          f'{_ENV_COORDINATOR}, {_ENV_NUM_PROCESSES} and {_ENV_PROCESS_ID}.')
-    if num_processes == 1:
-      return False
-    jax.distributed.initialize(coordinator_address, num_processes, process_id)
-    return True
-  if any(int(os.environ.get(name, '1') or 1) > 1 for name in _CLUSTER_ENV):
-    jax.distributed.initialize()
-    return True
-  return False
 
 
 def create_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:

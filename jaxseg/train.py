@@ -13,12 +13,10 @@ global batch. Dropout keys are folded from (seed, step, device index): determini
 Steps count completed updates: logs, checkpoints and errors name `step` = the state's update
 count after the update (the first update is step 1, made on batch 0).
 """
-import dataclasses
-import importlib.util
 import json
 import logging
 import math
-import pathlib
+import os
 import time
 from typing import Any, Callable, Iterator
 
@@ -30,17 +28,23 @@ import ml_collections
 import numpy as np
 import optax
 import tqdm
+from etils import epath
 from jax import lax
 from jax.sharding import Mesh
 
+from jaxseg import accelerators
 from jaxseg import checkpoint as checkpoint_lib
+from jaxseg import launch
 from jaxseg import losses
 from jaxseg import optim
 from jaxseg import parallel
+from jaxseg import preflight
+from jaxseg import storage
 
 METRICS_FILE = 'metrics.jsonl'
 TENSORBOARD_DIR = 'tb'
-_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
+# float16 is not offered: without loss scaling its gradients underflow; bfloat16 has float32's range.
+_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -68,8 +72,10 @@ def compute_dtype(config: ml_collections.ConfigDict) -> Any:
   """The model's compute dtype from config.model.dtype."""
   name = config.model.dtype
   if name not in _DTYPES:
-    raise ValueError(f'config.model.dtype={name!r} is unknown; use one of {tuple(_DTYPES)} '
-                     '(float32 on the CPU, bfloat16 on GPU/TPU).')
+    hint = (' float16 trains without loss scaling would underflow; bfloat16 has the range of '
+            'float32 and runs at the same speed on tensor cores/MXUs.' if name == 'float16' else '')
+    raise ValueError(f'config.model.dtype={name!r} is not offered; use one of {tuple(_DTYPES)} '
+                     f'(float32 on the CPU, bfloat16 on GPU/TPU).{hint}')
   return _DTYPES[name]
 
 
@@ -88,19 +94,6 @@ def build_model(config: ml_collections.ConfigDict) -> nn.Module:
 def backbone_prefixes(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   from jaxseg import models  # pylint: disable=g-import-not-at-top
   return tuple(models.BACKBONE_PREFIXES.get(config.model.name, ()))
-
-
-def _check_config(config: ml_collections.ConfigDict) -> None:
-  train = config.train
-  devices = jax.device_count()
-  if train.batch_size < 1 or train.batch_size % devices:
-    raise ValueError(f'config.train.batch_size={train.batch_size} must be a positive multiple of '
-                     f'the number of devices ({devices}).')
-  if train.num_steps < 1:
-    raise ValueError(f'config.train.num_steps={train.num_steps} must be >= 1.')
-  for field in ('log_every', 'eval_every', 'checkpoint_every'):
-    if train[field] < 0:
-      raise ValueError(f'config.train.{field}={train[field]} must be >= 0 (0 = only at the end).')
 
 
 # ---------------------------------------------------------------- shard: the initial state
@@ -145,8 +138,14 @@ def make_train_step(config: ml_collections.ConfigDict, model: nn.Module,
                     mesh: Mesh) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
   """jit(shard_map(per-device step)): (state, batch) -> (new state, replicated metrics).
 
-  The batch is {'image': float32 (B, h, w, 3), 'label': int32 (B, h, w)} split over 'data';
-  the state's buffers are donated.
+  The batch is {'image': (B, h, w, 3) float32 normalised or uint8 RGB pixels (normalised on the
+  device), 'label': int32 (B, h, w)} split over 'data'; the state's buffers are donated.
+
+  With config.train.grad_accum_steps = k > 1 each device's share is cut into k micro-batches
+  whose gradients are summed, each weighted by its share of the batch's valid pixels, so the update
+  equals one step on the whole batch (the loss's normaliser is the batch's). BatchNorm statistics
+  are then those of each micro-batch, as Caffe's iter_size (DeconvNet: BN over 8 images, gradients
+  over 64); dropout draws per micro-batch.
   """
   axis = parallel.DATA_AXIS
   loss_kwargs = dict(normalize=bool(config.loss.normalize),
@@ -154,19 +153,59 @@ def make_train_step(config: ml_collections.ConfigDict, model: nn.Module,
                      ignore_label=int(config.data.ignore_label),
                      class_weights=tuple(config.loss.class_weights) or None)
   sync_bn = bool(config.model.sync_bn)
+  accum = int(config.train.grad_accum_steps)
+  normalization = config.data.normalization
+
+  def grads_of(params, batch_stats, images, labels, rng):
+    def loss_fn(params):
+      outputs, mutated = model.apply(
+          {'params': params, 'batch_stats': batch_stats}, images, train=True,
+          rngs={'dropout': rng}, mutable=['batch_stats'])
+      loss, metrics = losses.segmentation_loss(outputs, labels, axis_name=axis, **loss_kwargs)
+      return loss, (metrics, mutated.get('batch_stats', {}))
+    grads, (metrics, new_stats) = jax.grad(loss_fn, has_aux=True)(params)
+    return grads, metrics, new_stats
+
+  def accumulated_grads(state, images, labels, rng):
+    images = images.reshape(accum, -1, *images.shape[1:])
+    labels = labels.reshape(accum, -1, *labels.shape[1:])
+    if loss_kwargs['normalize']:  # Weight micro-batch i by its share of the batch's pixels.
+      weights = jax.vmap(lambda y: lax.psum(losses.pixel_weight_sum(
+          y, config.data.num_classes, loss_kwargs['ignore_label'],
+          loss_kwargs['class_weights']), axis))(labels)
+      scales = weights / jnp.maximum(weights.sum(), 1e-12)
+    else:  # Unnormalised (FCN): the batch's loss is the sum of the micro-batches'.
+      scales = jnp.ones((accum,), jnp.float32)
+
+    def scaled(tree, scale):
+      return jax.tree.map(lambda x: x * scale, tree)
+
+    grads, metrics, batch_stats = grads_of(state.params, state.batch_stats, images[0], labels[0],
+                                           jax.random.fold_in(rng, 0))
+    carry = (scaled(grads, scales[0]), scaled(metrics, scales[0]), batch_stats)
+
+    def micro_step(carry, xs):
+      grads_sum, metrics_sum, batch_stats = carry
+      images_i, labels_i, scale, i = xs
+      grads, metrics, batch_stats = grads_of(state.params, batch_stats, images_i, labels_i,
+                                             jax.random.fold_in(rng, i))
+      add = lambda total, x: jax.tree.map(lambda a, b: a + b * scale, total, x)
+      return (add(grads_sum, grads), add(metrics_sum, metrics), batch_stats), None
+
+    (grads, metrics, batch_stats), _ = lax.scan(
+        micro_step, carry, (images[1:], labels[1:], scales[1:], jnp.arange(1, accum)))
+    return grads, metrics, batch_stats
 
   def per_device_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), lax.axis_index(axis))
-
-    def loss_fn(params):
-      outputs, mutated = model.apply(
-          {'params': params, 'batch_stats': state.batch_stats}, batch['image'], train=True,
-          rngs={'dropout': rng}, mutable=['batch_stats'])
-      loss, metrics = losses.segmentation_loss(outputs, batch['label'], axis_name=axis,
-                                               **loss_kwargs)
-      return loss, (metrics, mutated.get('batch_stats', {}))
-
-    grads, (metrics, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+    images = batch['image']
+    if images.dtype == jnp.uint8:  # Raw pixels from the input pipeline: normalise here.
+      images = normalize_on_device(images, normalization)
+    if accum == 1:
+      grads, metrics, batch_stats = grads_of(state.params, state.batch_stats, images,
+                                             batch['label'], rng)
+    else:
+      grads, metrics, batch_stats = accumulated_grads(state, images, batch['label'], rng)
     grads = lax.pmean(grads, axis)
     if not sync_bn:  # Per-device statistics differ; keep the replicated state replicated.
       batch_stats = lax.pmean(batch_stats, axis)
@@ -182,35 +221,48 @@ def make_train_step(config: ml_collections.ConfigDict, model: nn.Module,
   return lambda state, batch: step_fn(state, {'image': batch['image'], 'label': batch['label']})
 
 
+def normalize_on_device(images: jax.Array, method: str) -> jax.Array:
+  """uint8 RGB pixels -> the model's normalised float32 input (jaxseg.data.pipeline.normalize)."""
+  from jaxseg.data import pipeline  # pylint: disable=g-import-not-at-top  (imports TF)
+  return pipeline.normalize(images, method)
+
+
 # ---------------------------------------------------------------- evals
 def _make_evaluator(config: ml_collections.ConfigDict, model: nn.Module, mesh: Mesh,
-                    workdir: pathlib.Path) -> Callable[[TrainState, int], dict] | None:
-  """state, step -> eval results on config.data.eval_split (None without jaxseg.evaluate)."""
-  if importlib.util.find_spec('jaxseg.evaluate') is None:
-    logging.warning('jaxseg.evaluate is missing: training without evaluation.')
-    return None
-  from jaxseg import evaluate  # pylint: disable=g-import-not-at-top
+                    workdir: epath.Path) -> Callable[[TrainState, int], dict]:
+  """state, step -> eval results on config.data.eval_split."""
+  from jaxseg import inference  # pylint: disable=g-import-not-at-top
 
   def run(state: TrainState, step: int) -> dict:
-    return evaluate.evaluate(config, model, state.variables, mesh, config.data.eval_split,
-                             workdir=workdir, step=step)
+    return inference.evaluate(config, model, state.variables, mesh, config.data.eval_split,
+                              workdir=workdir, step=step)
   return run
 
 
 # ---------------------------------------------------------------- logging
 class MetricWriter:
-  """metrics.jsonl plus TensorBoard scalars in tb/; only process 0 writes."""
+  """metrics.jsonl plus TensorBoard scalars in tb/; only process 0 writes.
 
-  def __init__(self, workdir: pathlib.Path, resume_step: int):
+  Locally lines are appended; object storage cannot append, so there the file is rewritten
+  whole at each write (a few hundred lines per run).
+  """
+
+  def __init__(self, workdir: epath.Path, resume_step: int, *, tensorboard: bool = True):
     self.enabled = jax.process_index() == 0
     self.path = workdir / METRICS_FILE
     self._tb = None
+    self._lines: list[str] | None = [] if storage.is_remote(self.path) else None
     if not self.enabled:
       return
+    workdir.mkdir(parents=True, exist_ok=True)
     if self.path.exists():  # Drop lines a killed run logged after its last checkpoint.
       kept = [line for line in self.path.read_text().splitlines()
               if line.strip() and json.loads(line).get('step', 0) <= resume_step]
       self.path.write_text(''.join(line + '\n' for line in kept))
+      if self._lines is not None:
+        self._lines = kept
+    if not tensorboard:
+      return
     try:
       import tensorflow as tf  # pylint: disable=g-import-not-at-top
       try:
@@ -235,8 +287,13 @@ class MetricWriter:
       else:
         value = float(value) if math.isfinite(float(value)) else None
       record[key] = value
-    with self.path.open('a') as f:
-      f.write(json.dumps(record) + '\n')
+    line = json.dumps(record)
+    if self._lines is None:
+      with self.path.open('a') as f:
+        f.write(line + '\n')
+    else:
+      self._lines.append(line)
+      self.path.write_text(''.join(l + '\n' for l in self._lines))
     if self._tb is not None:
       # tf.summary.write with scalar metadata: works without the tensorboard package.
       with self._tb.as_default():
@@ -254,21 +311,77 @@ class MetricWriter:
 _EVAL_LOG_KEYS = ('pixel_accuracy', 'mean_accuracy', 'mean_iou', 'fw_iou', 'per_class_iou')
 
 
-@dataclasses.dataclass
-class _Pending:
-  """Metrics of a dispatched step, checked on the host one step later (no pipeline stall)."""
-  step: int
-  metrics: dict
+# ---------------------------------------------------------------- metrics kept on the devices
+def _accumulate(totals: dict, metrics: dict) -> dict:
+  """Adds one step's metrics to the interval's running totals, on the devices (no host sync).
+
+  Records the first step (as its 1-based position in the interval) whose loss or gradient norm
+  is not finite, with those values, so the host can name it when it next looks (before any save
+  or eval, and at every log).
+  """
+  finite = jnp.isfinite(metrics['loss']) & jnp.isfinite(metrics['grad_norm'])
+  first_bad = (totals['bad_step'] == 0) & ~finite
+  count = totals['count'] + 1
+  out = {k: totals['sums'][k] + metrics[k] for k in totals['sums']}
+  return {
+      'sums': out, 'count': count,
+      'bad_step': jnp.where(first_bad, count, totals['bad_step']),
+      'bad_loss': jnp.where(first_bad, metrics['loss'], totals['bad_loss']),
+      'bad_grad_norm': jnp.where(first_bad, metrics['grad_norm'], totals['bad_grad_norm']),
+      'last': {k: metrics[k] for k in ('grad_norm', 'learning_rate')}}
+
+
+class _DeviceMetrics:
+  """Sums of the train metrics over a logging interval, accumulated on the devices.
+
+  The host fetches them once per `log_every` (and before each save or eval): a device-to-host
+  copy every step would stall the dispatch of the next one.
+  """
+
+  def __init__(self, mesh: Mesh):
+    self._sharding = parallel.replicated(mesh)
+    self._add = jax.jit(_accumulate, donate_argnums=(0,), out_shardings=self._sharding)
+    self._totals = None
+    self._first_step = 0
+    self._keys: tuple[str, ...] = ()
+
+  def add(self, metrics: dict, step: int) -> None:
+    """Adds the metrics of `step` (steps are added in order)."""
+    if self._totals is None:
+      self._first_step = step
+      self._keys = tuple(k for k in ('loss', 'main_loss', 'aux_loss') if k in metrics)
+      zero = np.float32(0)
+      self._totals = parallel.replicate(
+          {'sums': {k: zero for k in self._keys}, 'count': np.int32(0),
+           'bad_step': np.int32(0), 'bad_loss': zero, 'bad_grad_norm': zero,
+           'last': {'grad_norm': zero, 'learning_rate': zero}}, self._sharding.mesh)
+    self._totals = self._add(self._totals, {k: metrics[k] for k in
+                                            self._keys + ('grad_norm', 'learning_rate')})
+
+  def fetch(self) -> dict | None:
+    """Host values of the interval so far and a fresh interval; None when nothing was added."""
+    if self._totals is None:
+      return None
+    values = parallel.to_host(self._totals)
+    self._totals = None
+    count = int(values['count'])
+    out = {k: float(v) / count for k, v in values['sums'].items()}
+    bad = int(values['bad_step'])
+    out.update(count=count, bad_step=self._first_step + bad - 1 if bad else 0,
+               bad_loss=float(values['bad_loss']), bad_grad_norm=float(values['bad_grad_norm']),
+               grad_norm=float(values['last']['grad_norm']),
+               learning_rate=float(values['last']['learning_rate']))
+    return out
 
 
 # ---------------------------------------------------------------- train_and_evaluate
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
                        allow_config_change: bool = False) -> dict[str, Any]:
   """Trains config's model data-parallel over every device, evaluating and checkpointing.
 
   Resumes automatically from the latest checkpoint in `workdir`. Refuses a workdir made with a
   different model/data config (see jaxseg.checkpoint.IDENTITY_FIELDS) unless
-  `allow_config_change`.
+  `allow_config_change`. Every setting is checked (jaxseg.preflight) before the first step.
 
   Returns:
     {'step', 'loss' (mean train loss of the last logging interval), and the final eval's
@@ -278,9 +391,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     NonFiniteLossError: the loss or gradients became NaN/Inf (the message names the step; no
       state from that step on is saved).
   """
-  parallel.maybe_initialize_distributed()
-  workdir = pathlib.Path(workdir)
-  _check_config(config)
+  launch.initialize_from_environment()
+  workdir = storage.resolve(workdir)
+  preflight.check_config(config, jax.device_count())
   checkpointer = checkpoint_lib.Checkpointer(workdir, config.train.keep_checkpoints)
   try:
     return _train(config, workdir, checkpointer, allow_config_change)
@@ -289,14 +402,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     checkpointer.close()
 
 
-def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path,
+def _train(config: ml_collections.ConfigDict, workdir: epath.Path,
            checkpointer: checkpoint_lib.Checkpointer, allow_config_change: bool) -> dict:
   """train_and_evaluate's body, given the workdir's checkpointer."""
   is_main = jax.process_index() == 0
   train_cfg = config.train
 
   # ------------------------------------------------------------ checkpoint: the workdir's past
-  latest = checkpointer.latest_step()
+  latest = _agreed(checkpointer.latest_step())
   if latest is not None:  # The config saved with the state is what the state belongs to.
     changed = checkpoint_lib.check_compatible(
         checkpointer.config(latest), config, source=f'workdir {workdir}',
@@ -305,12 +418,15 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path,
       logging.warning('Config differs from the checkpoint\'s: %s', changed)
 
   # ------------------------------------------------------------ mesh
+  logging.info('%s', accelerators.startup_report(config.model.dtype))
   mesh = parallel.create_mesh()
   logging.info('Mesh: %d devices over %d processes', mesh.size, jax.process_count())
 
   # ------------------------------------------------------------ model
   model = build_model(config)
   tx, schedule = optim.create_optimizer(config, backbone_prefixes(config))
+  preflight.check_model(config, model)
+  preflight.check_data(config, jax.process_count())
 
   # ------------------------------------------------------------ shard: initial or restored state
   if latest is not None:
@@ -328,16 +444,14 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path,
   train_step = make_train_step(config, model, tx, schedule, mesh)
 
   # ------------------------------------------------------------ evals
-  evaluator = _make_evaluator(config, model, mesh, workdir)
+  evaluator = _make_evaluator(config, model, mesh, workdir) if preflight.evaluates(config) else None
   writer = MetricWriter(workdir, start_step)
   final: dict[str, Any] = {'step': start_step}
 
   def every(n: int, step: int) -> bool:
     return step == num_steps or (n > 0 and step % n == 0)
 
-  def run_eval(step: int) -> dict | None:
-    if evaluator is None:
-      return None
+  def run_eval(step: int) -> dict:
     results = evaluator(state, step)
     scores = {k: results[k] for k in _EVAL_LOG_KEYS if k in results}
     writer.write(step, results.get('split', config.data.eval_split), scores)
@@ -353,28 +467,31 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path,
 
   # ------------------------------------------------------------ loop
   last_saved = latest
-  pending: list[_Pending] = []
-  interval_losses: list[float] = []
-  last_values: dict[str, Any] = {}  # Host metrics of the latest checked step.
+  device_metrics = _DeviceMetrics(mesh)
+  interval: dict[str, Any] = {}  # Host metrics of the steps since the last log.
   interval_start, interval_steps, paused = time.perf_counter(), 0, 0.0
 
-  def check(upto: int) -> None:
-    """Fetches metrics of steps <= upto; raises on a non-finite loss or gradient."""
-    while pending and pending[0].step <= upto:
-      item = pending.pop(0)
-      values = parallel.to_host(item.metrics)
-      loss, grad_norm = float(values['loss']), float(values['grad_norm'])
-      if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-        where = (f'step {last_saved} in {checkpointer.directory}' if last_saved is not None
-                 else 'none saved yet')
-        raise NonFiniteLossError(
-            f'Non-finite training loss {loss} (gradient norm {grad_norm}) at step {item.step}. '
-            f'Training stopped; nothing from this step on was saved (last good checkpoint: '
-            f'{where}). Try a lower config.optim.learning_rate, warmup '
-            '(config.optim.warmup_steps), gradient clipping (config.optim.grad_clip_norm) or '
-            'float32 (config.model.dtype), and check the data.')
-      interval_losses.append(loss)
-      last_values.update(values)
+  def check() -> None:
+    """Fetches the metrics so far; raises on a non-finite loss or gradient, naming the step."""
+    values = device_metrics.fetch()
+    if values is None:
+      return
+    if values['bad_step']:
+      where = (f'step {last_saved} in {checkpointer.directory}' if last_saved is not None
+               else 'none saved yet')
+      raise NonFiniteLossError(
+          f'Non-finite training loss {values["bad_loss"]} (gradient norm '
+          f'{values["bad_grad_norm"]}) at step {values["bad_step"]}. Training stopped; nothing '
+          f'from this step on was saved (last good checkpoint: {where}). Try a lower '
+          'config.optim.learning_rate, warmup (config.optim.warmup_steps), gradient clipping '
+          '(config.optim.grad_clip_norm) or float32 (config.model.dtype), and check the data.')
+    count = interval.get('count', 0) + values['count']
+    for key in ('loss', 'main_loss', 'aux_loss'):  # Means over the whole interval.
+      if key in values:
+        interval[key] = (interval.get(key, 0.0) * interval.get('count', 0)
+                         + values[key] * values['count']) / count
+    interval.update(count=count, grad_norm=values['grad_norm'],
+                    learning_rate=values['learning_rate'])
 
   progress = tqdm.tqdm(total=num_steps, initial=start_step, disable=not is_main, desc='train',
                        unit='step', dynamic_ncols=True)
@@ -384,32 +501,29 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path,
       if batch is None:
         raise RuntimeError(f'pipeline.train_iterator ended before step {step}; it must be endless.')
       state, metrics = train_step(state, batch)
-      pending.append(_Pending(step, metrics))
-      check(step - 1)  # The previous step: ready by now, while this one runs.
+      device_metrics.add(metrics, step)
       interval_steps += 1
       progress.update(1)
 
       if every(train_cfg.log_every, step):
-        check(step)
+        check()
         elapsed = time.perf_counter() - interval_start - paused  # Without evals and saves.
-        values = last_values
-        record = {'loss': float(np.mean(interval_losses)),
-                  'lr': float(values['learning_rate']),
+        record = {'loss': interval['loss'], 'lr': interval['learning_rate'],
                   'images_per_sec': interval_steps * train_cfg.batch_size / max(elapsed, 1e-9),
-                  'grad_norm': float(values['grad_norm'])}
-        if 'aux_loss' in values:
-          record['main_loss'] = float(values['main_loss'])
-          record['aux_loss'] = float(values['aux_loss'])
+                  'grad_norm': interval['grad_norm']}
+        if 'aux_loss' in interval:
+          record['main_loss'] = interval['main_loss']
+          record['aux_loss'] = interval['aux_loss']
         writer.write(step, 'train', record)
         progress.set_postfix(loss=f'{record["loss"]:.4f}', lr=f'{record["lr"]:.3g}',
                              img_s=f'{record["images_per_sec"]:.1f}')
         final['loss'] = record['loss']
-        interval_losses.clear()
+        interval.clear()
         interval_start, interval_steps, paused = time.perf_counter(), 0, 0.0
 
-      eval_now = every(train_cfg.eval_every, step)
+      eval_now = evaluator is not None and every(train_cfg.eval_every, step)
       if eval_now or every(train_cfg.checkpoint_every, step):
-        check(step)  # Never evaluate or save a state made from a non-finite step.
+        check()  # Never evaluate or save a state made from a non-finite step.
         pause_start = time.perf_counter()
         scores = run_eval(step) if eval_now else None
         checkpointer.save(step, state, config, metrics=scores)
@@ -422,3 +536,16 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path,
     progress.close()
     writer.close()
   return final
+
+
+def _agreed(step: int | None) -> int | None:
+  """Process 0's latest checkpoint step, on every process.
+
+  Processes list the checkpoint folder independently; on shared or object storage one may see a
+  save another does not yet, and restoring different steps would hang the first collective.
+  """
+  if jax.process_count() == 1:
+    return step
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  agreed = int(multihost_utils.broadcast_one_to_all(np.int32(-1 if step is None else step)))
+  return None if agreed < 0 else agreed

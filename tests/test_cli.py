@@ -129,7 +129,7 @@ def test_eval_of_missing_workdir_and_bad_arguments(tmp_path, capsys):
 
 @pytest.mark.parametrize('mode', ['L', 'LA', 'RGBA', 'P', 'I;16', 'CMYK', '1'])
 def test_load_rgb_converts_any_mode(tmp_path, mode):
-  from jaxseg import predict
+  from jaxseg import inference
   rng = np.random.default_rng(1)
   rgb = PIL.Image.fromarray(rng.integers(0, 255, (9, 13, 3), np.uint8))
   if mode == 'I;16':
@@ -138,20 +138,20 @@ def test_load_rgb_converts_any_mode(tmp_path, mode):
     image = rgb.convert(mode)
   path = tmp_path / ('x.jpg' if mode == 'CMYK' else 'x.png')
   image.save(path)
-  pixels = predict.load_rgb(path)
+  pixels = inference.load_rgb(path)
   assert pixels.shape == (9, 13, 3) and pixels.dtype == np.uint8
   if mode == 'I;16':  # 16-bit range rescaled to 8 bits, not clipped to white.
     assert 0 < pixels.mean() < 255 and pixels.max() > 200
 
 
 def test_padded_size_and_label_png_round_trip(tmp_path):
-  from jaxseg import predict
+  from jaxseg import inference
   from jaxseg.data import classes
-  assert predict.padded_size(50, 70, 64) == (64, 128)
-  assert predict.padded_size(50, 70, 64, (100, 32)) == (128, 128)
+  assert inference.padded_size(50, 70, 64) == (64, 128)
+  assert inference.padded_size(50, 70, 64, (100, 32)) == (128, 128)
   label = np.arange(7, dtype=np.uint8).repeat(3).reshape(3, 7)
   palette = classes.dataset_spec('synthetic_shapes').palette
-  predict.save_label_png(tmp_path / 'l.png', label, palette)
+  inference.save_label_png(tmp_path / 'l.png', label, palette)
   back = PIL.Image.open(tmp_path / 'l.png')
   np.testing.assert_array_equal(np.asarray(back), label)
   np.testing.assert_array_equal(np.asarray(back.convert('RGB')), palette[label])

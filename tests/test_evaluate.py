@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxseg import config_loading, evaluate
+from jaxseg import config_loading, inference
 
 
 class Pointwise(nn.Module):
@@ -42,7 +42,7 @@ class WindowMean(nn.Module):
 
 def apply_of(model, shape, seed=0):
   variables = model.init(jax.random.key(seed), jnp.zeros(shape))
-  return evaluate.model_apply_fn(model, variables)
+  return inference.model_apply_fn(model, variables)
 
 
 def images_of(shape, seed=1):
@@ -50,39 +50,39 @@ def images_of(shape, seed=1):
 
 
 def test_window_starts_cover_and_end_at_edge():
-  assert evaluate.window_starts(10, 4, 3) == [0, 3, 6]
-  assert evaluate.window_starts(11, 4, 3) == [0, 3, 6, 7]
-  assert evaluate.window_starts(4, 4, 3) == [0]
-  assert evaluate.window_starts(3, 4, 3) == [0]
+  assert inference.window_starts(10, 4, 3) == [0, 3, 6]
+  assert inference.window_starts(11, 4, 3) == [0, 3, 6, 7]
+  assert inference.window_starts(4, 4, 3) == [0]
+  assert inference.window_starts(3, 4, 3) == [0]
   with pytest.raises(ValueError, match='stride 5 > crop 4'):
-    evaluate.window_starts(10, 4, 5)
+    inference.window_starts(10, 4, 5)
 
 
 def test_slide_equals_whole_when_window_covers_image():
   x = images_of((2, 12, 16, 3))
   apply_fn = apply_of(Local(), x.shape)
-  np.testing.assert_array_equal(evaluate.slide(apply_fn, x, (12, 16), (8, 8)),
-                                evaluate.whole(apply_fn, x))
+  np.testing.assert_array_equal(inference.slide(apply_fn, x, (12, 16), (8, 8)),
+                                inference.whole(apply_fn, x))
 
 
 @pytest.mark.parametrize('crop,stride', [((5, 7), (3, 4)), ((4, 4), (4, 4)), ((20, 20), (5, 5))])
 def test_slide_equals_whole_for_pointwise_model(crop, stride):
   x = images_of((2, 11, 13, 3))
   apply_fn = apply_of(Pointwise(), x.shape)
-  np.testing.assert_allclose(evaluate.slide(apply_fn, x, crop, stride),
-                             evaluate.whole(apply_fn, x), rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(inference.slide(apply_fn, x, crop, stride),
+                             inference.whole(apply_fn, x), rtol=1e-6, atol=1e-6)
 
 
 def test_slide_averages_overlapping_windows():
   x = images_of((1, 9, 10, 3))
   crop, stride = (5, 4), (2, 3)
   apply_fn = apply_of(WindowMean(), x.shape)
-  got = np.asarray(evaluate.slide(apply_fn, x, crop, stride))
+  got = np.asarray(inference.slide(apply_fn, x, crop, stride))
   xn = np.asarray(x)
   total = np.zeros((9, 10))
   count = np.zeros((9, 10))
-  for y in evaluate.window_starts(9, crop[0], stride[0]):
-    for x0 in evaluate.window_starts(10, crop[1], stride[1]):
+  for y in inference.window_starts(9, crop[0], stride[0]):
+    for x0 in inference.window_starts(10, crop[1], stride[1]):
       total[y:y + crop[0], x0:x0 + crop[1]] += xn[0, y:y + crop[0], x0:x0 + crop[1]].mean()
       count[y:y + crop[0], x0:x0 + crop[1]] += 1
   want = (total / count)[None, :, :, None] * np.arange(1, 4)
@@ -93,38 +93,38 @@ def test_slide_averages_overlapping_windows():
 def test_multiscale_scale_one_without_flip_equals_whole():
   x = images_of((2, 12, 12, 3))
   apply_fn = apply_of(Local(), x.shape)
-  got = evaluate.multiscale(apply_fn, x, (1.0,), False, crop=(16, 16), stride=(8, 8))
-  np.testing.assert_allclose(got, jax.nn.softmax(evaluate.whole(apply_fn, x)), rtol=1e-6,
+  got = inference.multiscale(apply_fn, x, (1.0,), False, crop=(16, 16), stride=(8, 8))
+  np.testing.assert_allclose(got, jax.nn.softmax(inference.whole(apply_fn, x)), rtol=1e-6,
                              atol=1e-7)
-  fn = evaluate.inference_fn(apply_fn, 'multiscale', (16, 16), (8, 8), (1.0,), False)
+  fn = inference.inference_fn(apply_fn, 'multiscale', (16, 16), (8, 8), (1.0,), False)
   np.testing.assert_array_equal(jnp.argmax(fn(x), -1),
-                                jnp.argmax(evaluate.whole(apply_fn, x), -1))
+                                jnp.argmax(inference.whole(apply_fn, x), -1))
 
 
 def test_flip_averages_with_mirrored_prediction_and_is_symmetric():
   x = images_of((2, 10, 14, 3))
   apply_fn = apply_of(Local(), x.shape)
-  got = evaluate.multiscale(apply_fn, x, (1.0,), True, crop=(16, 16), stride=(8, 8))
+  got = inference.multiscale(apply_fn, x, (1.0,), True, crop=(16, 16), stride=(8, 8))
   want = 0.5 * (jax.nn.softmax(apply_fn(x)) + jax.nn.softmax(apply_fn(x[:, :, ::-1]))[:, :, ::-1])
   np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
   # Flip-averaging makes any model mirror-equivariant.
-  mirrored = evaluate.multiscale(apply_fn, x[:, :, ::-1], (1.0,), True, (16, 16), (8, 8))
+  mirrored = inference.multiscale(apply_fn, x[:, :, ::-1], (1.0,), True, (16, 16), (8, 8))
   np.testing.assert_allclose(mirrored[:, :, ::-1], got, rtol=1e-5, atol=1e-6)
   # A pointwise model is mirror-equivariant already: flip changes nothing.
   point = apply_of(Pointwise(), x.shape)
   np.testing.assert_allclose(
-      evaluate.inference_fn(point, 'whole', flip=True)(x), jax.nn.softmax(point(x)),
+      inference.inference_fn(point, 'whole', flip=True)(x), jax.nn.softmax(point(x)),
       rtol=1e-6, atol=1e-7)
 
 
 def test_multiscale_resizes_and_slides_when_larger_than_window():
   x = jnp.ones((1, 8, 8, 3)) * jnp.arange(3.0)  # Constant image: every scale agrees.
   apply_fn = apply_of(Pointwise(), x.shape)
-  got = evaluate.multiscale(apply_fn, x, (0.5, 1.0, 1.5), True, crop=(6, 6), stride=(4, 4))
+  got = inference.multiscale(apply_fn, x, (0.5, 1.0, 1.5), True, crop=(6, 6), stride=(4, 4))
   assert got.shape == (1, 8, 8, 4)
   np.testing.assert_allclose(got, jax.nn.softmax(apply_fn(x)), rtol=1e-5, atol=1e-6)
   with pytest.raises(ValueError, match='unknown eval.mode'):
-    evaluate.inference_fn(apply_fn, 'tiles')
+    inference.inference_fn(apply_fn, 'tiles')
 
 
 def _config(num_classes, mode='whole'):
@@ -168,14 +168,14 @@ def test_evaluate_on_8_devices_matches_numpy_and_1_device(tmp_path, mode):
     np.add.at(want, (labels[i][keep], pred[i][keep]), 1)
 
   mesh8 = Mesh(np.array(jax.devices()[:8]), ('data',))
-  res8 = evaluate.evaluate(config, model, variables, mesh8, 'val', workdir=tmp_path, step=7,
+  res8 = inference.evaluate(config, model, variables, mesh8, 'val', workdir=tmp_path, step=7,
                            batches=_batches(mesh8, images, labels, valid, ids, 8))
   np.testing.assert_array_equal(res8['confusion_matrix'], want)
   assert res8['num_images'] == 13 and res8['per_image'][0]['id'] == 'img0'
   assert res8['class_names'][1] == 'disk'
 
   mesh1 = Mesh(np.array(jax.devices()[:1]), ('data',))
-  res1 = evaluate.evaluate(config, model, variables, mesh1, 'val',
+  res1 = inference.evaluate(config, model, variables, mesh1, 'val',
                            batches=_batches(mesh1, images, labels, valid, ids, 8))
   np.testing.assert_array_equal(res1['confusion_matrix'], want)
   assert res1['mean_iou'] == res8['mean_iou']

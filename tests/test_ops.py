@@ -7,6 +7,7 @@ import pytest
 from jax.test_util import check_grads
 
 from jaxseg import ops
+from jaxseg.ops import xla_cpu
 
 torch = pytest.importorskip('torch')
 F = torch.nn.functional
@@ -305,7 +306,7 @@ CONVS = [((2, 9, 11, 3), (3, 3, 3, 4), (1, 1), ((1, 1), (1, 1)), (1, 1)),
 @pytest.fixture
 def small_blocks(monkeypatch):
   """Tiny kernel-gradient blocks, so tiny inputs take the multi-block loop (with a ragged end)."""
-  monkeypatch.setattr(ops, 'BLOCK_BYTES', 1)
+  monkeypatch.setattr(xla_cpu, 'BLOCK_BYTES', 1)
 
 
 @pytest.mark.parametrize('x_shape,k_shape,strides,pads,rates', CONVS)

@@ -1,4 +1,5 @@
-"""Mesh helpers, the shard_map step wrapper, and 2 processes x 4 devices == 1 x 8 devices."""
+"""Mesh helpers, the shard_map step wrapper, and 2 processes x 4 devices == 1 x 8 devices
+(the processes started by jaxseg.launch from jax.distributed variables)."""
 import json
 import os
 import pathlib
@@ -50,18 +51,6 @@ def test_data_parallel_is_per_device_and_donates():
   assert float(new_state['total']) == 1.0 + 120.0
   assert float(metrics['local_mean']) == 120.0 / 8
   assert state['total'].is_deleted()  # Donated.
-
-
-def test_distributed_needs_complete_settings(monkeypatch):
-  monkeypatch.delenv('JAX_COORDINATOR_ADDRESS', raising=False)
-  monkeypatch.delenv('JAX_PROCESS_ID', raising=False)
-  monkeypatch.setenv('JAX_NUM_PROCESSES', '2')
-  with pytest.raises(ValueError, match='JAX_COORDINATOR_ADDRESS'):
-    parallel.maybe_initialize_distributed()
-  monkeypatch.delenv('JAX_NUM_PROCESSES')
-  for name in ('SLURM_NTASKS', 'OMPI_COMM_WORLD_SIZE'):
-    monkeypatch.delenv(name, raising=False)
-  assert parallel.maybe_initialize_distributed() is False
 
 
 # ---------------------------------------------------------------- multi-process
@@ -138,8 +127,10 @@ WORKER = textwrap.dedent('''
     os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=4'
     sys.path.insert(0, {tests!r})
     sys.path.insert(0, {root!r})
-    from jaxseg import parallel
-    assert parallel.maybe_initialize_distributed()
+    from jaxseg import launch, parallel
+    plan = launch.initialize_from_environment()
+    assert plan.launcher == 'jax' and plan.num_processes == 2, plan
+    assert launch.initialize_from_environment() is plan  # A second call is a no-op.
     import jax, numpy as np
     import test_parallel as t
     assert jax.process_count() == 2 and jax.device_count() == 8 and jax.local_device_count() == 4
@@ -197,7 +188,7 @@ def test_two_processes_match_one_process(tmp_path):
 def run_eval(mesh, rows):
   """evaluate() over 16 images (the last 3 padding) in global batches of 8; `rows` selects this
   process's rows of each global batch, and its ids, as the eval pipeline hands them out."""
-  from jaxseg import evaluate  # pylint: disable=g-import-not-at-top
+  from jaxseg import inference  # pylint: disable=g-import-not-at-top
   config = tiny_config()
   config.data.dataset = 'synthetic_shapes'
   config.eval.mode = 'whole'
@@ -216,7 +207,7 @@ def run_eval(mesh, rows):
                (('image', images), ('label', labels), ('valid', valid))}
       yield {**parallel.shard_batch(local, mesh), 'id': ids[s:s + 8][rows]}
 
-  results = evaluate.evaluate(config, model, variables, mesh, 'val', batches=batches())
+  results = inference.evaluate(config, model, variables, mesh, 'val', batches=batches())
   return {'confusion_matrix': np.asarray(results['confusion_matrix']).tolist(),
           'mean_iou': results['mean_iou'], 'num_images': results['num_images'],
           'per_image': results['per_image']}
@@ -227,8 +218,10 @@ EVAL_WORKER = textwrap.dedent('''
     os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=4'
     sys.path.insert(0, {tests!r})
     sys.path.insert(0, {root!r})
-    from jaxseg import parallel
-    assert parallel.maybe_initialize_distributed()
+    from jaxseg import launch, parallel
+    plan = launch.initialize_from_environment()
+    assert plan.launcher == 'jax' and plan.num_processes == 2, plan
+    assert launch.initialize_from_environment() is plan  # A second call is a no-op.
     import jax
     import test_parallel as t
     pid = jax.process_index()

@@ -156,7 +156,7 @@ def test_train_batches_shapes_dtypes_sharding(config, n):
   for _ in range(3):
     batch = next(it)
     assert set(batch) == {'image', 'label'}
-    assert batch['image'].shape == (8, 24, 24, 3) and batch['image'].dtype == np.float32
+    assert batch['image'].shape == (8, 24, 24, 3) and batch['image'].dtype == np.uint8
     assert batch['label'].shape == (8, 24, 24) and batch['label'].dtype == np.int32
     for v in batch.values():
       assert v.sharding.spec == P('data') and len(v.addressable_shards) == n
@@ -170,12 +170,11 @@ def test_crop_flip_pad_keep_image_and_mask_aligned(config, method):
   config.data.crop_size = (32, 40)  # Larger than many images: padding happens.
   padded = 0
   for batch in local_batches(config, 4):
-    label, image = batch['label'], batch['image']
-    pad = np.all(image == 0., axis=-1)  # Normalised mean: exactly 0.
+    label, pixels = batch['label'], batch['image']
+    pad = np.all(pixels == np.round(pipeline.mean_pixel(method)), axis=-1)  # The rounded mean.
     assert np.all(label[pad] == 255)
     padded += pad.sum()
-    pixels = pipeline.denormalize(image, method)
-    np.testing.assert_allclose(pixels[~pad], palette_rgb(label[~pad]), atol=2e-3)
+    np.testing.assert_array_equal(pixels[~pad], palette_rgb(label[~pad]))
   assert padded > 0
 
 
@@ -185,7 +184,7 @@ def test_scale_and_rotate_keep_image_and_mask_aligned(config, rotate):
   config.data.rotate_degrees = rotate
   inner_total = 0
   for batch in local_batches(config, 3):
-    pixels = pipeline.denormalize(batch['image'], 'imagenet')
+    pixels = batch['image'].astype(np.float32)  # uint8: the augmented image rounded.
     for image, label in zip(pixels, batch['label']):
       # 5x5 neighbourhood: at scale <= 2 it spans the 2x2 source pixels of each bilinear sample.
       uniform = scipy.ndimage.maximum_filter(label, 5) == scipy.ndimage.minimum_filter(label, 5)
@@ -194,11 +193,11 @@ def test_scale_and_rotate_keep_image_and_mask_aligned(config, rotate):
       inner = uniform & (label != 255)
       inner_total += inner.sum()
       # Bilinear interpolation of one colour is that colour; the nearest mask must agree.
-      np.testing.assert_allclose(image[inner], palette_rgb(label[inner]), atol=0.05)
+      np.testing.assert_allclose(image[inner], palette_rgb(label[inner]), atol=0.51)
       # Ignore areas are white (the dataset's) or the mean (padding, rotation fill).
       fill = uniform & (label == 255) & (np.abs(image - 250.).max(-1) > 1.)
       np.testing.assert_allclose(image[fill], np.broadcast_to(pipeline.mean_pixel('imagenet'),
-                                                              image[fill].shape), atol=0.05)
+                                                              image[fill].shape), atol=0.51)
   assert inner_total > 500
 
 
@@ -213,7 +212,8 @@ def test_blur_and_photometric_touch_only_the_image(config):
     np.testing.assert_array_equal(a['index'], b['index'])
     assert not np.allclose(a['image'], b['image'])
     pad = a['label'] == 255
-    assert np.abs(b['image'][~pad]).max() < 3.  # Still a sane normalised range.
+    normalised = np.asarray(pipeline.normalize(b['image'], 'imagenet'))
+    assert np.abs(normalised[~pad]).max() < 3.  # Still a sane normalised range.
 
 
 def test_batches_are_a_function_of_seed_and_step(config):
@@ -285,7 +285,7 @@ def test_eval_pads_and_counts_every_pixel_once(config, n):
   assert len(batches) == 2  # 11 examples, batch 8: the last batch is padded, not dropped.
   seen, labelled, area = [], 0, 0
   for batch in batches:
-    assert batch['image'].shape == (8, 48, 48, 3) and batch['image'].dtype == np.float32
+    assert batch['image'].shape == (8, 48, 48, 3) and batch['image'].dtype == np.uint8
     assert batch['label'].shape == (8, 48, 48) and batch['label'].dtype == np.int32
     assert batch['valid'].dtype == bool and batch['height'].dtype == np.int32
     assert batch['label'].sharding.spec == P('data')
@@ -301,10 +301,10 @@ def test_eval_pads_and_counts_every_pixel_once(config, n):
       h, w = ex['label'].shape
       assert (b['height'][i], b['width'][i]) == (h, w)
       np.testing.assert_array_equal(b['label'][i, :h, :w], ex['label'])
-      np.testing.assert_allclose(b['image'][i, :h, :w],
-                                 pipeline.normalize(ex['image'], 'imagenet'), atol=1e-5)
+      np.testing.assert_array_equal(b['image'][i, :h, :w], ex['image'])
       assert np.all(b['label'][i, h:] == 255) and np.all(b['label'][i, :, w:] == 255)
-      assert np.all(b['image'][i, h:] == 0.) and np.all(b['image'][i, :, w:] == 0.)
+      mean = np.round(pipeline.mean_pixel('imagenet'))  # Padding: the mean pixel.
+      assert np.all(b['image'][i, h:] == mean) and np.all(b['image'][i, :, w:] == mean)
       seen.append(batch['id'][i].decode())
       area += h * w
   assert sorted(seen) == sorted(raw)
@@ -406,3 +406,33 @@ def test_embedded_synthetic_dataset_feeds_batches(config):
   n = pipeline.num_eval_examples(config)
   valid = sum(int(np.asarray(b['valid']).sum()) for b in pipeline.eval_iterator(config, mesh))
   assert valid == n > 0
+
+
+# ------------------------------------------------------------------------------ input thread
+def test_prefetch_thread_keeps_order_and_raises_producer_errors():
+  import threading  # pylint: disable=g-import-not-at-top
+  producer_threads = set()
+
+  def items(fail_at=None):
+    for i in range(10):
+      producer_threads.add(threading.current_thread().name)
+      if i == fail_at:
+        raise OSError(f'bad record {i}')
+      yield {'i': i}
+
+  assert [b['i'] for b in pipeline._prefetch(items(), 3)] == list(range(10))
+  assert producer_threads == {'jaxseg-input'}  # Built off the training thread.
+  got = []
+  with pytest.raises(OSError, match='bad record 4'):
+    for b in pipeline._prefetch(items(fail_at=4), 2):
+      got.append(b['i'])
+  assert got == [0, 1, 2, 3]
+
+
+def test_tf_data_threads_are_this_processs_share_of_the_host():
+  assert pipeline.host_threads({}, usable=16, machine=16) == 16
+  assert pipeline.host_threads({'OMPI_COMM_WORLD_LOCAL_SIZE': '8'}, usable=16, machine=16) == 2
+  assert pipeline.host_threads({'SLURM_NTASKS_PER_NODE': '4(x2)'}, usable=16, machine=16) == 4
+  assert pipeline.host_threads({'LOCAL_WORLD_SIZE': '32'}, usable=16, machine=16) == 1
+  # CPUs bound by the launcher are already the process's share.
+  assert pipeline.host_threads({'SLURM_NTASKS_PER_NODE': '8'}, usable=6, machine=48) == 6

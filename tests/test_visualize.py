@@ -11,7 +11,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from jaxseg import checkpoint, evaluate, metrics, report, visualize
+from jaxseg import checkpoint, inference, metrics, report, visualize
 from jaxseg.data import classes
 
 torch = pytest.importorskip('torch')
@@ -262,8 +262,8 @@ def _fake_workdir(path, dataset='synthetic_shapes', names=classes.SYNTHETIC_CLAS
   cm = np.random.default_rng(6).integers(0, 50, (n, n)) + np.eye(n, dtype=int) * 200
   cm[-1] = 0  # A class absent from the ground truth.
   for step in (5, 10):
-    evaluate.write_results(_eval_results(cm * step, names, ['a', 'b', 'c']), path, 'val', step)
-  evaluate.write_results(_eval_results(cm, names, ['z']), path, 'train', 10)
+    inference.write_results(_eval_results(cm * step, names, ['a', 'b', 'c']), path, 'val', step)
+  inference.write_results(_eval_results(cm, names, ['z']), path, 'train', 10)
   assert config_loading.from_json_file(path / 'config.json').data.eval_split == 'val'
   return cm
 
@@ -397,9 +397,8 @@ def test_pspnet_stages_list_parents_before_their_parts():
                    'aux/conv_bn', 'aux/classifier']
 
 
-def test_report_through_the_cli(tmp_path, monkeypatch, capsys):
+def test_report_through_the_cli(tmp_path, capsys):
   from jaxseg import cli  # pylint: disable=g-import-not-at-top
-  monkeypatch.setattr(cli, 'PLUGINS', ('report',))  # What cli.PLUGINS should list.
   assert cli.main(['report', '--workdir', str(tmp_path / 'missing')]) == 2
   assert 'does not exist' in capsys.readouterr().err
   _fake_workdir(tmp_path)

@@ -1,7 +1,8 @@
 """Class names, ignore label and colour palette of every dataset jaxseg registers.
 
 `dataset_spec(name)` is what the trainer, metrics and visualisation read; the TFDS builders
-validate labels against the same numbers.
+validate labels against the same numbers. `colorize` and `overlay` turn label maps into pictures
+with those palettes (NumPy only: prediction files, reports and notebooks share them).
 """
 import dataclasses
 
@@ -87,3 +88,55 @@ def dataset_spec(name: str) -> DatasetSpec:
   if base not in _SPECS:
     raise ValueError(f'Unknown dataset {name!r}; jaxseg knows {", ".join(DATASET_NAMES)}.')
   return _SPECS[base]
+
+
+def palette_for(dataset: str) -> np.ndarray:
+  """(256, 3) uint8 colours of a dataset's labels (row 255: ignore); VOC's for unknown names."""
+  try:
+    return np.asarray(dataset_spec(dataset).palette, np.uint8)
+  except ValueError:
+    return voc_palette()
+
+
+def class_names_for(dataset: str, num_classes: int | None = None) -> list[str]:
+  """The dataset's class names; numbers when the dataset (or its class count) is unknown."""
+  try:
+    names = list(dataset_spec(dataset).class_names)
+  except ValueError:
+    names = []
+  if num_classes is not None and len(names) != num_classes:
+    names = [str(i) for i in range(num_classes)]
+  return names
+
+
+def check_palette(palette) -> np.ndarray:
+  """`palette` as uint8 after checking it has a colour for every label 0..255."""
+  palette = np.asarray(palette)
+  if palette.ndim != 2 or palette.shape[1] != 3 or len(palette) < 256:
+    raise ValueError(f'palette must have shape (256, 3) (row i = colour of label i, row 255 = '
+                     f'ignore), got {palette.shape}')
+  return palette.astype(np.uint8)
+
+
+def colorize(label, palette) -> np.ndarray:
+  """uint8 (H, W, 3) colours of an integer label map (values 0..255, 255 = ignore)."""
+  label = np.asarray(label)
+  palette = check_palette(palette)
+  if label.size and (label.min() < 0 or label.max() > 255):
+    raise ValueError(f'label values must lie in 0..255 (255 = ignore), got {label.min()}..'
+                     f'{label.max()}')
+  return palette[label.astype(np.intp)]
+
+
+def overlay(image, label, palette, alpha: float = 0.5,
+            ignore_label: int = IGNORE_LABEL) -> np.ndarray:
+  """The image blended with the label colours (alpha = label weight); ignored pixels unchanged."""
+  image = np.asarray(image)
+  label = np.asarray(label)
+  if image.shape[:2] != label.shape:
+    raise ValueError(f'image {image.shape} and label {label.shape} differ in size')
+  if not 0 <= alpha <= 1:
+    raise ValueError(f'alpha must lie in [0, 1], got {alpha}')
+  blend = (1 - alpha) * image.astype(np.float32) + alpha * colorize(label, palette)
+  blend = np.where((label == ignore_label)[..., None], image, blend)
+  return np.clip(np.round(blend), 0, 255).astype(np.uint8)

@@ -1,4 +1,4 @@
-"""tf.data input pipeline: TFDS examples -> augmented, normalised global batches on axis 'data'.
+"""tf.data input pipeline: TFDS examples -> augmented global batches of pixels on axis 'data'.
 
 Train: each process reads its own even slice of `config.data.train_split` in TFDS's on-disk order
 (which TFDS shuffled when writing), shuffles it each epoch through a `config.data.shuffle_buffer`
@@ -13,18 +13,26 @@ after normalisation; label 255), keeps its original height/width, and the last b
 all-ignore examples (valid=False) instead of being dropped; every process yields the same number of
 batches. 'id' stays a host-local numpy array (this process's rows of the global batch, in order).
 
-Images are centred on the mean pixel before any geometric op so every invented pixel is exactly 0
-after normalisation; see augment.py for the ops. TF is used for input only and never sees a GPU.
+Images are centred on the mean pixel before any geometric op, so every invented pixel (padding,
+rotation fill) is the mean pixel; see augment.py for the ops. Batches carry uint8 RGB pixels (a
+quarter of float32's bytes host-to-device) rounded from the augmented image, and the train and eval
+steps normalise them on the device (`normalize` accepts jax arrays): invented pixels are then the
+mean rounded to integers, within 0.5/255 of 0 after normalisation. A background thread builds the
+global arrays and starts their transfer while the devices compute. TF is used for input only and
+never sees a GPU; tf.data's thread pool is sized to this process's share of the host's cores.
 """
 from __future__ import annotations
 
-import collections
 import dataclasses
 import math
 import os
+import queue
+import threading
 from typing import Any, Iterable, Iterator, Sequence
 
-os.environ.setdefault('NO_GCE_CHECK', 'true')  # TFDS would otherwise probe GCE metadata.
+from jaxseg import accelerators
+
+accelerators.set_no_gce_check_default(os.environ)  # Before TFDS probes GCE metadata.
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -83,6 +91,12 @@ def normalize(images: Any, method: str) -> Any:
   return _finish(jnp.asarray(images, jnp.float32) - mean, method)
 
 
+def _to_pixels(centred: tf.Tensor, method: str) -> tf.Tensor:
+  """Mean-centred RGB (0-255 scale) -> uint8 RGB pixels, rounded: what batches carry."""
+  pixels = centred + np.asarray(mean_pixel(method), np.float32)
+  return tf.cast(tf.clip_by_value(tf.round(pixels), 0., 255.), tf.uint8)
+
+
 def denormalize(images: Any, method: str) -> np.ndarray:
   """Inverse of `normalize`: model input -> float RGB pixels on [0, 255] (numpy)."""
   x = np.asarray(images, np.float32)
@@ -110,8 +124,8 @@ def load_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
         f'config.data.dataset={name!r} is not a registered TFDS dataset; jaxseg provides '
         "'voc2012_segmentation', 'camvid' and 'synthetic_shapes'.") from e
   if not builder.is_prepared():
-    download_config = tfds.download.DownloadConfig(manual_dir=config.data.manual_dir or None)
-    builder.download_and_prepare(download_config=download_config)
+    _prepare_once(builder, config)
+    builder = tfds.builder(name, data_dir=config.data.data_dir or None)  # Reads what was written.
   missing = {'image', 'label'} - set(builder.info.features.keys())
   if missing:
     raise ValueError(f'config.data.dataset={name!r} has no feature(s) {sorted(missing)}; '
@@ -119,7 +133,34 @@ def load_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
   return builder
 
 
-def _num_examples(builder: tfds.core.DatasetBuilder, split: Any, field: str) -> int:
+def _prepare_once(builder: tfds.core.DatasetBuilder, config: ml_collections.ConfigDict) -> None:
+  """Process 0 downloads and prepares the dataset; the others wait, then read what it wrote.
+
+  Every process hears whether the preparation succeeded (a broadcast all of them join), so a
+  failure on process 0 fails every process instead of leaving them in a barrier. With one
+  process per host on local disks, set config.data.data_dir to shared storage.
+  """
+  download_config = tfds.download.DownloadConfig(manual_dir=config.data.manual_dir or None)
+  if jax.process_count() == 1:
+    builder.download_and_prepare(download_config=download_config)
+    return
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  error = None
+  if jax.process_index() == 0:
+    try:
+      builder.download_and_prepare(download_config=download_config)
+    except Exception as e:  # pylint: disable=broad-except  Re-raised below, after telling others.
+      error = e
+  failed = multihost_utils.broadcast_one_to_all(np.int32(error is not None))
+  if error is not None:
+    raise error
+  if int(failed):
+    raise ValueError(f'process 0 could not prepare {builder.name} in {builder.data_dir}; its '
+                     'log has the reason.')
+
+
+def split_size(builder: tfds.core.DatasetBuilder, split: Any, field: str) -> int:
+  """Examples in `split` of the builder; ValueError naming `field` when it is no split."""
   try:
     return builder.info.splits[split].num_examples
   except (KeyError, ValueError, AssertionError) as e:
@@ -138,7 +179,7 @@ class _Slice:
 def _process_slice(builder: tfds.core.DatasetBuilder, split: str, process_index: int,
                    process_count: int, field: str) -> _Slice:
   """This process's contiguous share of `split` (tfds.even_splits: sizes differ by at most one)."""
-  _num_examples(builder, split, field)
+  split_size(builder, split, field)
   subsplits = tfds.even_splits(split, process_count)
   sizes = [builder.info.splits[s].num_examples for s in subsplits]
   return _Slice(subsplits[process_index], sum(sizes[:process_index]), sizes[process_index],
@@ -193,14 +234,65 @@ def _to_global(local: dict[str, np.ndarray], sharding: NamedSharding, global_bat
 
 
 def _prefetch(it: Iterable[dict], size: int) -> Iterator[dict]:
-  """Keeps `size` batches in flight: device transfers are asynchronous, so this overlaps them."""
-  queue = collections.deque()
-  for item in it:
-    queue.append(item)
-    if len(queue) > size:
-      yield queue.popleft()
-  while queue:
-    yield queue.popleft()
+  """Runs `it` in a background thread, keeping up to `size` batches ready.
+
+  Building a global array starts its host-to-device copy, so the copies of the next batches
+  overlap the current step instead of running in the training thread. Order is kept, and an
+  error in the producer is raised in the consumer.
+  """
+  ready: queue.Queue = queue.Queue(maxsize=max(1, size))
+  done = object()
+  stop = threading.Event()
+
+  def produce():
+    try:
+      for item in it:
+        while not stop.is_set():
+          try:
+            ready.put(item, timeout=0.1)
+            break
+          except queue.Full:
+            continue
+        if stop.is_set():
+          return
+      ready.put(done)
+    except BaseException as e:  # pylint: disable=broad-except  Handed to the consumer.
+      ready.put(e)
+
+  thread = threading.Thread(target=produce, name='jaxseg-input', daemon=True)
+  thread.start()
+  try:
+    while True:
+      item = ready.get()
+      if item is done:
+        return
+      if isinstance(item, BaseException):
+        raise item
+      yield item
+  finally:
+    stop.set()
+
+
+def host_threads(env: dict | None = None, usable: int | None = None,
+                 machine: int | None = None) -> int:
+  """tf.data threads for this process: its share of the host's cores, at least 1.
+
+  A launcher that binds CPUs to tasks (SLURM --cpus-per-task, mpirun --bind-to) leaves this
+  process fewer usable cores than the machine has: those are its share. Otherwise the machine's
+  cores are divided among the host's processes of the job (one process per GPU), read from
+  OMPI_COMM_WORLD_LOCAL_SIZE, LOCAL_WORLD_SIZE or SLURM_NTASKS_PER_NODE.
+  """
+  env = os.environ if env is None else env
+  machine = machine or os.cpu_count() or 1
+  usable = usable or (len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity')
+                      else machine)
+  if usable < machine:
+    return max(1, usable)
+  for name in ('OMPI_COMM_WORLD_LOCAL_SIZE', 'LOCAL_WORLD_SIZE', 'SLURM_NTASKS_PER_NODE'):
+    value = env.get(name, '').split('(')[0]  # SLURM writes e.g. '8(x2)'.
+    if value.isdigit() and int(value) > 0:
+      return max(1, machine // int(value))
+  return machine
 
 
 def _parallelism(config: ml_collections.ConfigDict) -> int:
@@ -211,6 +303,8 @@ def _parallelism(config: ml_collections.ConfigDict) -> int:
 def _options() -> tf.data.Options:
   options = tf.data.Options()
   options.deterministic = True  # Parallel maps keep their input order: batches are reproducible.
+  # Each process of a host gets its share of the cores, not a pool the size of the machine.
+  options.threading.private_threadpool_size = host_threads()
   return options
 
 
@@ -248,7 +342,7 @@ class TrainAugment:
 
   def __call__(self, image: tf.Tensor, label: tf.Tensor, seed: tf.Tensor
                ) -> tuple[tf.Tensor, tf.Tensor]:
-    """image float32 RGB 0-255 (H, W, 3), label int32 (H, W) -> normalised crop, label crop."""
+    """image float32 RGB 0-255 (H, W, 3), label int32 (H, W) -> uint8 RGB crop, label crop."""
     seeds = augment.split_seed(seed, 6)
     if self.photometric:
       image = augment.random_photometric(image, seeds[0])
@@ -266,7 +360,7 @@ class TrainAugment:
                                          self.ignore_label)
     if self.hflip:
       image, label = augment.random_hflip(image, label, seeds[5])
-    return _finish(image, self.normalization), label
+    return _to_pixels(image, self.normalization), label
 
 
 def _fold(seed: tf.Tensor, *data: Any) -> tf.Tensor:
@@ -316,7 +410,7 @@ def _train_dataset(config: ml_collections.ConfigDict, builder: tfds.core.Dataset
 
 def train_iterator(config: ml_collections.ConfigDict, mesh: Mesh, start_step: int = 0
                    ) -> Iterator[dict[str, jax.Array]]:
-  """Infinite global train batches {'image' float32 (B, h, w, 3), 'label' int32 (B, h, w)}.
+  """Infinite global train batches {'image' uint8 RGB (B, h, w, 3), 'label' int32 (B, h, w)}.
 
   B = config.train.batch_size (global, sharded over mesh axis 'data');
   (h, w) = config.data.crop_size.
@@ -351,7 +445,7 @@ def _eval_split(config: ml_collections.ConfigDict, split: str | None) -> tuple[s
 def num_eval_examples(config: ml_collections.ConfigDict, split: str | None = None) -> int:
   """Real (unpadded) examples that eval_iterator(config, mesh, split) yields over all processes."""
   split, field = _eval_split(config, split)
-  return _num_examples(load_builder(config), split, field)
+  return split_size(load_builder(config), split, field)
 
 
 def _eval_size(config: ml_collections.ConfigDict) -> tuple[int, int]:
@@ -382,7 +476,7 @@ def _eval_dataset(config: ml_collections.ConfigDict, builder: tfds.core.DatasetB
       return tf.zeros((height, width, 3)), tf.fill((height, width), ignore)
 
     image_p, label_p = tf.cond(fits, pad, blank)
-    out = {'image': _finish(tf.ensure_shape(image_p, (height, width, 3)), method),
+    out = {'image': _to_pixels(tf.ensure_shape(image_p, (height, width, 3)), method),
            'label': tf.ensure_shape(label_p, (height, width)),
            'valid': tf.constant(True), 'height': h, 'width': w, 'fits': fits}
     out['id'] = raw['id'] if 'id' in raw else tf.strings.as_string(tf.constant(-1))
@@ -410,7 +504,7 @@ def _padded_eval_batches(ds: tf.data.Dataset, num_batches: int, local_batch_size
           f'{tuple(eval_size)}; raise config.data.eval_size to at least the largest image.')
     yield _pad_rows(batch, local_batch_size, ignore_label)
     emitted += 1
-  empty = {'image': np.zeros((0, height, width, 3), np.float32),
+  empty = {'image': np.zeros((0, height, width, 3), np.uint8),
            'label': np.zeros((0, height, width), np.int32), 'valid': np.zeros((0,), bool),
            'height': np.zeros((0,), np.int32), 'width': np.zeros((0,), np.int32),
            'id': np.zeros((0,), object)}
@@ -435,7 +529,7 @@ def eval_iterator(config: ml_collections.ConfigDict, mesh: Mesh, split: str | No
                   ) -> Iterator[dict[str, Any]]:
   """Global eval batches over `split` (default config.data.eval_split), never dropping examples.
 
-  Yields {'image' float32 (B, H, W, 3), 'label' int32 (B, H, W) padded with 255, 'valid' bool (B,),
+  Yields {'image' uint8 RGB (B, H, W, 3), 'label' int32 (B, H, W) padded with 255, 'valid' bool (B,),
   'height', 'width' int32 (B,)} as global arrays sharded over 'data', plus 'id': a host-local numpy
   array (bytes) for this process's rows. B = config.eval.batch_size, (H, W) = config.data.eval_size.
   """

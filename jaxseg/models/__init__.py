@@ -4,9 +4,10 @@
   deconvnet               DeconvNet on VGG16-BN (Noh et al. 2015)   models/deconvnet.py
   pspnet50, pspnet101     PSPNet on dilated ResNet (Zhao et al. 2017) models/pspnet.py
 
-Overrides are the module's own fields (e.g. width, dtype, sync_bn_axis, dropout_rate, geometry
-for FCN, stage_sizes for PSPNet); tiny test/demo variants are just `width=1/16` (and for PSPNet
-`stage_sizes=(1, 1, 1, 1)`). Modules are imported lazily, so importing the registry is cheap.
+Overrides are the module's own fields (e.g. width, dtype, sync_bn_axis, dropout_rate, remat,
+geometry for FCN, stage_sizes for PSPNet); tiny test/demo variants are just `width=1/16` (and
+for PSPNet `stage_sizes=(1, 1, 1, 1)`). Modules are imported lazily, so importing the registry
+is cheap.
 """
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax.numpy as jnp
+
+from jaxseg.models import remat
 
 
 class _Entry(NamedTuple):
@@ -66,7 +69,12 @@ def model_input_constraint(name: str) -> str:
 
 
 def _normalise(field: str, value: Any) -> Any:
-  """Accepts config-friendly values: dtype names, and dropout_rate < 0 meaning 'paper value'."""
+  """Accepts config-friendly values: dtype names, and dropout_rate < 0 meaning 'paper value'.
+
+  Checks remat here too, so a bad config.model.remat fails when the model is built, not traced.
+  """
+  if field == 'remat':
+    return remat.check(value)
   if field == 'dtype' and isinstance(value, str):
     try:
       return jnp.dtype(value).type
@@ -84,12 +92,13 @@ def create_model(name: str, num_classes: int, **overrides: Any) -> nn.Module:
     name: one of MODEL_NAMES.
     num_classes: number of output classes (logits channels).
     **overrides: module fields, e.g. width=0.0625, dtype='bfloat16', sync_bn_axis='data',
-      dropout_rate (< 0 or None: the paper's value), geometry='caffe' (FCN),
+      dropout_rate (< 0 or None: the paper's value), remat='block' (models/remat.py),
+      geometry='caffe' (FCN),
       stage_sizes=(1, 1, 1, 1) (PSPNet).
 
   Raises:
     ValueError: unknown name, unknown override, an override of a field the name fixes (e.g.
-      FCN's variant, PSPNet's depth), or num_classes < 1.
+      FCN's variant, PSPNet's depth), an unknown remat mode, or num_classes < 1.
   """
   entry = _entry(name)
   if not isinstance(num_classes, int) or num_classes < 1:

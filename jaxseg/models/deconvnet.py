@@ -34,6 +34,7 @@ added into place on the CPU: as a convolution XLA:CPU took about a minute for it
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -41,6 +42,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxseg import ops
+from jaxseg.models import remat
 from jaxseg.models.vgg import VGG16, batch_norm, fc_init, scale_channels
 
 Array = jax.Array
@@ -79,14 +81,18 @@ class DeconvNet(nn.Module):
     dtype: compute dtype; parameters are float32, logits are returned as float32.
     sync_bn_axis: mapped axis name for cross-replica BatchNorm; None = per-device statistics.
     dropout_rate: dropout after fc6 and fc7; None (or < 0) = the paper's none.
+    remat: 'none', 'block' (recompute the convs of each VGG block and the deconvs of each decoder
+      block in the backward pass) or 'stage' (also their pool / unpool); see jaxseg.models.remat.
   """
   num_classes: int
   width: float = 1.0
   dtype: Any = jnp.float32
   sync_bn_axis: str | None = None
   dropout_rate: float | None = None
+  remat: str = 'none'
 
   def _check(self, x: Array) -> float:
+    remat.check(self.remat)
     if not isinstance(self.num_classes, int) or self.num_classes < 1:
       raise ValueError(f'DeconvNet num_classes must be a positive int, got {self.num_classes!r}')
     if x.ndim != 4:
@@ -105,30 +111,50 @@ class DeconvNet(nn.Module):
   def __call__(self, x: Array, train: bool = False) -> Array:
     rate = self._check(x)
     dtype = jnp.dtype(self.dtype)
-
-    def bn(name: str):
-      return batch_norm(train, self.sync_bn_axis, dtype, name, BN_SHIFT_INIT)
-
-    def deconv(h: Array, channels: int, kernel: int, pad: int, name: str) -> Array:
-      return ops.ConvTranspose(scale_channels(channels, self.width), (kernel, kernel),
-                               padding=pad, kernel_init=deconv_init, dtype=dtype, name=name)(h)
-
     feats = VGG16(width=self.width, batch_norm=True, switches=True, bn_bias_init=BN_SHIFT_INIT,
-                  dtype=dtype, sync_bn_axis=self.sync_bn_axis, name='backbone')(x, train)
+                  dtype=dtype, sync_bn_axis=self.sync_bn_axis, remat=self.remat,
+                  name='backbone')(x, train)
 
     h = ops.Conv(scale_channels(4096, self.width), (7, 7), padding='VALID', dtype=dtype,
                  kernel_init=fc_init, name='fc6')(feats['pool5'])
-    h = nn.Dropout(rate, deterministic=not train)(nn.relu(bn('bnfc6')(h)))
+    h = nn.Dropout(rate, deterministic=not train)(nn.relu(_bn(self, train, 'bnfc6')(h)))
     h = ops.Conv(scale_channels(4096, self.width), (1, 1), dtype=dtype, kernel_init=fc_init,
                  name='fc7')(h)
-    h = nn.Dropout(rate, deterministic=not train)(nn.relu(bn('bnfc7')(h)))
-    h = nn.relu(bn('fc6_deconv_bn')(deconv(h, 512, 7, 0, 'fc6_deconv')))
+    h = nn.Dropout(rate, deterministic=not train)(nn.relu(_bn(self, train, 'bnfc7')(h)))
+    h = nn.relu(_bn(self, train, 'fc6_deconv_bn')(_deconv(self, h, 512, 7, 0, 'fc6_deconv')))
 
     for block, channels in DECODER:
-      h = ops.max_unpool(h, feats[f'switches{block}'], feats[f'block{block}'].shape[1:3])
-      for l, c in enumerate(channels, 1):
-        h = nn.relu(bn(f'debn{block}_{l}')(deconv(h, c, 3, 1, f'deconv{block}_{l}')))
+      stage = functools.partial(_decoder_block, block=block, channels=channels,
+                                size=feats[f'block{block}'].shape[1:3])
+      h = remat.region(stage, self.remat == 'stage')(self, (h, feats[f'switches{block}']), train)
 
     logits = ops.Conv(self.num_classes, (1, 1), dtype=dtype, kernel_init=deconv_init,
                       name='seg_score')(h)
     return logits.astype(jnp.float32)
+
+
+def _bn(module: DeconvNet, train: bool, name: str) -> nn.BatchNorm:
+  return batch_norm(train, module.sync_bn_axis, jnp.dtype(module.dtype), name, BN_SHIFT_INIT)
+
+
+def _deconv(module: DeconvNet, h: Array, channels: int, kernel: int, pad: int, name: str) -> Array:
+  return ops.ConvTranspose(scale_channels(channels, module.width), (kernel, kernel), padding=pad,
+                           kernel_init=deconv_init, dtype=jnp.dtype(module.dtype), name=name)(h)
+
+
+def _decoder_block(module: DeconvNet, inputs: tuple[Array, Array], train: bool, *, block: int,
+                   channels: tuple[int, ...], size: tuple[int, int]) -> Array:
+  """unpool{block} of (h, switches) to size, then its deconvs, in `module`'s scope."""
+  h, switches = inputs
+  h = ops.max_unpool(h, switches, size)
+  deconvs = functools.partial(_deconvs, block=block, channels=channels)
+  return remat.region(deconvs, module.remat == 'block')(module, h, train)
+
+
+def _deconvs(module: DeconvNet, h: Array, train: bool, *, block: int,
+             channels: tuple[int, ...]) -> Array:
+  """deconv{block}_{l} (3x3, pad 1) + debn{block}_{l} + ReLU for each l."""
+  for l, c in enumerate(channels, 1):
+    h = _deconv(module, h, c, 3, 1, f'deconv{block}_{l}')
+    h = nn.relu(_bn(module, train, f'debn{block}_{l}')(h))
+  return h

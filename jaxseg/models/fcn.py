@@ -49,6 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxseg import ops
+from jaxseg.models import remat
 from jaxseg.models.vgg import VGG16, fc_init, scale_channels
 
 Array = jax.Array
@@ -102,6 +103,8 @@ class FCN(nn.Module):
     dtype: compute dtype; parameters are float32, logits are returned as float32.
     sync_bn_axis: unused (FCN has no BatchNorm); kept for the common model interface.
     dropout_rate: dropout after fc6 and fc7; None (or < 0) = the paper's 0.5.
+    remat: 'none', 'block' (recompute each VGG block's convs in the backward pass) or 'stage'
+      (also its pool); see jaxseg.models.remat. The heads, on stride >= 8 maps, are always kept.
   """
   num_classes: int
   variant: str = '8s'
@@ -110,8 +113,10 @@ class FCN(nn.Module):
   dtype: Any = jnp.float32
   sync_bn_axis: str | None = None
   dropout_rate: float | None = None
+  remat: str = 'none'
 
   def _check(self, x: Array) -> float:
+    remat.check(self.remat)
     if not isinstance(self.num_classes, int) or self.num_classes < 1:
       raise ValueError(f'FCN num_classes must be a positive int, got {self.num_classes!r}')
     if self.variant not in VARIANTS:
@@ -143,7 +148,7 @@ class FCN(nn.Module):
     caffe = self.geometry == 'caffe'
     size = x.shape[1:3]
     feats = VGG16(width=self.width, first_padding=100 if caffe else 1, dtype=dtype,
-                  name='backbone')(x, train)
+                  remat=self.remat, name='backbone')(x, train)
 
     h = feats['pool5']
     h = ops.Conv(scale_channels(4096, self.width), (7, 7), padding='VALID' if caffe else 'SAME',

@@ -20,6 +20,8 @@ static-shape, and cheap to differentiate.
 Parameter tree: 'backbone' (resnet.ResNet, torchvision names), 'ppm'/bin{1,2,3,6}/{conv,bn},
 'cls'/conv_bn/{conv,bn}, 'cls'/classifier, and 'aux' likewise. The aux head's parameters exist
 however the model is initialised (train or eval), so checkpoints do not depend on it.
+`remat` rematerialises the backbone's bottlenecks or stages (jaxseg.models.remat); the heads work
+on stride-8 maps and are always kept.
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from jaxseg.models import resnet
+from jaxseg.models import remat, resnet
 from jaxseg.ops import Conv
 
 PSP_BINS = (1, 2, 3, 6)
@@ -166,6 +168,7 @@ class PSPNet(nn.Module):
   dropout_rate: float | None = None  # None (or < 0): the paper's 0.1.
   stage_sizes: Sequence[int] | None = None  # Overrides resnet.STAGE_SIZES[depth] (tiny variants).
   bins: Sequence[int] = PSP_BINS
+  remat: str = 'none'  # Backbone rematerialisation: 'none' | 'block' | 'stage' (models.remat).
 
   def _check(self, x) -> float:
     if not isinstance(self.num_classes, int) or self.num_classes < 1:
@@ -173,6 +176,7 @@ class PSPNet(nn.Module):
     if self.stage_sizes is None and self.depth not in resnet.STAGE_SIZES:
       raise ValueError(f'PSPNet depth must be one of {sorted(resnet.STAGE_SIZES)}, '
                        f'got {self.depth}')
+    remat.check(self.remat)
     if x.ndim != 4:
       raise ValueError(f'PSPNet expects NHWC images (N, H, W, C), got shape {x.shape}')
     no_value = self.dropout_rate is None or self.dropout_rate < 0
@@ -187,7 +191,7 @@ class PSPNet(nn.Module):
     stage_sizes = self.stage_sizes or resnet.STAGE_SIZES[self.depth]
     size = x.shape[1:3]
     features = resnet.ResNet(stage_sizes, PSP_DILATIONS, self.width, self.dtype,
-                             self.sync_bn_axis, name='backbone')(x, train)
+                             self.sync_bn_axis, self.remat, name='backbone')(x, train)
 
     y = PyramidPooling(resnet.scaled_channels(PPM_FEATURES, self.width), self.bins, self.dtype,
                        self.sync_bn_axis, name='ppm')(features['layer4'], train)

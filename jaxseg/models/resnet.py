@@ -26,6 +26,7 @@ batch_stats['backbone']['layer3_5']['bn2']['mean'].
 """
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -34,6 +35,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxseg import ops
+from jaxseg.models import remat
 from jaxseg.ops import AtrousConv, Conv
 
 # Blocks per stage of the torchvision models.
@@ -135,12 +137,15 @@ class ResNet(nn.Module):
   `dilations[i]` is the dilation of stage i+1's blocks: 1 for stage 1; for later stages either the
   previous value (stage strides by 2) or twice it (stride replaced by dilation, torchvision's
   `replace_stride_with_dilation`). `width` scales every channel count (tiny test variants).
+  `remat` ('none' | 'block' | 'stage', see jaxseg.models.remat) recomputes each bottleneck or
+  each stage in the backward pass instead of keeping its activations; the stem is always kept.
   """
   stage_sizes: Sequence[int] = STAGE_SIZES[50]
   dilations: Sequence[int] = (1, 1, 1, 1)
   width: float = 1.0
   dtype: Any = jnp.float32
   sync_bn_axis: str | None = None
+  remat: str = 'none'
 
   def stage_strides_and_dilations(self) -> list[tuple[int, int, int]]:
     """Per stage: (stride, dilation of its first block, dilation of its other blocks)."""
@@ -167,6 +172,7 @@ class ResNet(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False) -> dict[str, Any]:
     plan = self.stage_strides_and_dilations()
+    remat.check(self.remat)
     x = x.astype(self.dtype)
     x = Conv(scaled_channels(STEM_FEATURES, self.width), (7, 7), strides=2,
                 padding=((3, 3), (3, 3)), use_bias=False, dtype=self.dtype,
@@ -174,17 +180,25 @@ class ResNet(nn.Module):
     x = nn.relu(_batch_norm(train, self.sync_bn_axis, self.dtype, 'bn1')(x))
     features = {'stem': x}
     x = ops.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))
-    in_features = x.shape[-1]
     for i, (num_blocks, (stride, first_dilation, dilation)) in enumerate(
         zip(self.stage_sizes, plan)):
-      planes = scaled_channels(STAGE_PLANES[i], self.width)
-      for j in range(num_blocks):
-        block_stride = stride if j == 0 else 1
-        x = Bottleneck(
-            planes, strides=block_stride, dilation=first_dilation if j == 0 else dilation,
-            downsample=j == 0 and (block_stride != 1 or in_features != planes * EXPANSION),
-            dtype=self.dtype, sync_bn_axis=self.sync_bn_axis,
-            name=f'layer{i + 1}_{j}')(x, train)
-        in_features = planes * EXPANSION
+      stage = functools.partial(_stage, index=i + 1, num_blocks=num_blocks, stride=stride,
+                                first_dilation=first_dilation, dilation=dilation)
+      x = remat.region(stage, self.remat == 'stage')(self, x, train)
       features[f'layer{i + 1}'] = x
     return features
+
+
+def _stage(module: ResNet, x, train: bool, *, index: int, num_blocks: int, stride: int,
+           first_dilation: int, dilation: int):
+  """Stage layer{index}'s bottlenecks, created in `module`'s scope (names layer{index}_{j})."""
+  block_cls = remat.region_class(Bottleneck, module.remat == 'block')
+  planes = scaled_channels(STAGE_PLANES[index - 1], module.width)
+  for j in range(num_blocks):
+    block_stride = stride if j == 0 else 1
+    x = block_cls(
+        planes, strides=block_stride, dilation=first_dilation if j == 0 else dilation,
+        downsample=j == 0 and (block_stride != 1 or x.shape[-1] != planes * EXPANSION),
+        dtype=module.dtype, sync_bn_axis=module.sync_bn_axis,
+        name=f'layer{index}_{j}')(x, train)
+  return x

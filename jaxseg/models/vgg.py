@@ -18,6 +18,7 @@ convolutions of the FCN/DeconvNet heads (reshape 4096x512x7x7, then the same tra
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -25,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxseg import ops
+from jaxseg.models import remat
 
 Array = jax.Array
 
@@ -76,6 +78,8 @@ class VGG16(nn.Module):
     bn_bias_init: BatchNorm shift init (DeconvNet's prototxt: 0.001).
     dtype: compute dtype (parameters stay float32).
     sync_bn_axis: mapped axis name for cross-replica BatchNorm; None = per-device statistics.
+    remat: 'none', 'block' (recompute each block's convs in the backward pass) or 'stage'
+      (each block: its convs and pool); see jaxseg.models.remat.
   """
   width: float = 1.0
   batch_norm: bool = False
@@ -84,26 +88,42 @@ class VGG16(nn.Module):
   bn_bias_init: float = 0.0
   dtype: Any = jnp.float32
   sync_bn_axis: str | None = None
+  remat: str = 'none'
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> dict[str, Array]:
     """Returns {'block{b}': pre-pool activation, 'pool{b}': pooled, ['switches{b}': int32]}."""
-    dtype = jnp.dtype(self.dtype)
-    x = x.astype(dtype)
+    remat.check(self.remat)
+    x = x.astype(jnp.dtype(self.dtype))
     features = {}
-    for b, block in enumerate(VGG16_BLOCKS, 1):
-      for l, channels in enumerate(block, 1):
-        pad = self.first_padding if (b, l) == (1, 1) else 1
-        x = ops.Conv(scale_channels(channels, self.width), (3, 3), padding=((pad, pad), (pad, pad)),
-                     dtype=dtype, kernel_init=conv_init, name=f'conv{b}_{l}')(x)
-        if self.batch_norm:
-          x = batch_norm(train, self.sync_bn_axis, dtype, f'bn{b}_{l}', self.bn_bias_init)(x)
-        x = nn.relu(x)
-      features[f'block{b}'] = x
-      if self.switches:
-        x, features[f'switches{b}'] = ops.max_pool_with_argmax(
-            x, (2, 2), (2, 2), padding='VALID', ceil_mode=True)
-      else:
-        x = max_pool_ceil(x)
+    for b in range(1, len(VGG16_BLOCKS) + 1):
+      block = remat.region(functools.partial(_block, b=b), self.remat == 'stage')
+      features[f'block{b}'], x, switches = block(self, x, train)
       features[f'pool{b}'] = x
+      if switches is not None:
+        features[f'switches{b}'] = switches
     return features
+
+
+def _block(module: VGG16, x: Array, train: bool, *, b: int):
+  """VGG block b in `module`'s scope: its convs, then the pool -> (block, pool, switches)."""
+  x = remat.region(functools.partial(_convs, b=b), module.remat == 'block')(module, x, train)
+  if module.switches:
+    pooled, switches = ops.max_pool_with_argmax(x, (2, 2), (2, 2), padding='VALID',
+                                                ceil_mode=True)
+    return x, pooled, switches
+  return x, max_pool_ceil(x), None
+
+
+def _convs(module: VGG16, x: Array, train: bool, *, b: int) -> Array:
+  """conv{b}_{l} (+ bn{b}_{l}) + ReLU for each l of block b, in `module`'s scope."""
+  dtype = jnp.dtype(module.dtype)
+  for l, channels in enumerate(VGG16_BLOCKS[b - 1], 1):
+    pad = module.first_padding if (b, l) == (1, 1) else 1
+    x = ops.Conv(scale_channels(channels, module.width), (3, 3),
+                 padding=((pad, pad), (pad, pad)), dtype=dtype, kernel_init=conv_init,
+                 name=f'conv{b}_{l}')(x)
+    if module.batch_norm:
+      x = batch_norm(train, module.sync_bn_axis, dtype, f'bn{b}_{l}', module.bn_bias_init)(x)
+    x = nn.relu(x)
+  return x

@@ -11,7 +11,8 @@ One module per job; callers use the names re-exported here (`jaxseg.visualize.<n
   published     the VOC 2012 test numbers of the papers, with sources
   data_views    a dataset's config, examples by id, class pixel counts, augmentation of a pair,
                 a sample image
-  predictions   a workdir's checkpoint restored, and its predictions plotted
+  predictions   a workdir's checkpoint restored (jaxseg.inference.restore), its predictions
+                plotted
   model_views   DeconvNet switches and PSPNet pyramid on an image, stage shapes and parameter
                 counts
 
@@ -29,7 +30,7 @@ from jaxseg.visualize.figures import (bin_edges, normalize_confusion, plot_class
 from jaxseg.visualize.model_views import (PAPER_INPUTS, Stage, deconvnet_switches,
                                           models_markdown, parameter_count, pspnet_feature_size,
                                           pspnet_pyramid, stages, stages_markdown)
-from jaxseg.visualize.predictions import (Restored, checkpoint_steps, plot_predictions, restore,
+from jaxseg.visualize.predictions import (checkpoint_steps, plot_predictions, restore,
                                           restore_evaluated)
 from jaxseg.visualize.published import PUBLISHED_VOC12_TEST, PublishedResult, published_for
 from jaxseg.visualize.tables import (DASH, images_markdown, leaderboard_markdown,
@@ -40,7 +41,7 @@ from jaxseg.visualize.workdir import (CONFIG_FILE, EVAL_DIR, METRICS_FILE, REPO_
 
 __all__ = [
     'CONFIG_FILE', 'DASH', 'EVAL_DIR', 'IGNORE_LABEL', 'METRICS_FILE', 'PAPER_INPUTS',
-    'PUBLISHED_VOC12_TEST', 'PublishedResult', 'REPO_ROOT', 'Restored', 'Stage', 'augment_pair',
+    'PUBLISHED_VOC12_TEST', 'PublishedResult', 'REPO_ROOT', 'Stage', 'augment_pair',
     'bin_edges', 'checkpoint_steps', 'class_names_for', 'class_pixel_counts', 'colorize',
     'dataset_config', 'deconvnet_switches', 'eval_files', 'images_markdown',
     'leaderboard_markdown', 'legend_handles', 'load_eval', 'load_examples', 'metrics_markdown',

@@ -100,8 +100,7 @@ def augment_pair(config: Any, image: Any, label: Any, seed: int) -> tuple[np.nda
   out_image, out_label = transform(tf.constant(np.asarray(image), tf.float32),
                                    tf.constant(np.asarray(label), tf.int32),
                                    tf.constant([int(config.seed), int(seed)], tf.int64))
-  pixels = pipeline.denormalize(out_image.numpy(), config.data.normalization)
-  return np.clip(np.round(pixels), 0, 255).astype(np.uint8), out_label.numpy()
+  return out_image.numpy(), out_label.numpy()
 
 
 def sample_image(path: str | pathlib.Path | None = None, size: int = 224) -> tuple[np.ndarray, str]:

@@ -1,17 +1,16 @@
 """A trained run's model on examples: restore a workdir's checkpoint, plot what it predicts.
 
-JAX, the model and the checkpoint library are imported inside the functions that restore.
+Restoring is jaxseg.inference's (`Restored`); JAX, the model and the checkpoint library are
+imported inside the functions that restore.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-import dataclasses
+from collections.abc import Mapping, Sequence
 import math
 import pathlib
 from typing import Any
 
 from matplotlib.figure import Figure
-import numpy as np
 
 from jaxseg.visualize.figures import plot_segmentations
 from jaxseg.visualize.workdir import existing_workdir
@@ -21,33 +20,14 @@ def _percent(x: float) -> str:
   return 'n/a' if x is None or math.isnan(x) else f'{100 * x:.1f}'
 
 
-@dataclasses.dataclass
-class Restored:
-  """A workdir's model at one checkpoint, ready to segment images."""
-  config: Any
-  model: Any
-  variables: Any
-  step: int
-  predictor: Any  # jaxseg.predict.Predictor: uint8 (H, W, 3) -> uint8 (H, W) class ids.
-
-  def predict(self, images: Iterable[Any]) -> list[np.ndarray]:
-    return [self.predictor(np.asarray(image)) for image in images]
-
-
-def restore(workdir: str | pathlib.Path, checkpoint: str | int = 'best') -> Restored:
-  """The model of a workdir's checkpoint ('best', 'latest' or a step) with its saved config."""
-  from jaxseg import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
-  from jaxseg import config_loading, parallel, predict, train  # pylint: disable=g-import-not-at-top
+def restore(workdir: str | pathlib.Path, checkpoint: str | int = 'best') -> Any:
+  """jaxseg.inference.restore of an existing workdir's checkpoint ('best', 'latest' or a step)."""
+  from jaxseg import inference  # pylint: disable=g-import-not-at-top
   path = existing_workdir(workdir)
   if not (path / 'checkpoints').is_dir():
     raise FileNotFoundError(f'{path / "checkpoints"} does not exist: the workdir has no '
                             'checkpoint to predict with')
-  variables, saved, step = checkpoint_lib.load_for_inference(path, parallel.create_mesh(),
-                                                             checkpoint)
-  config = config_loading.from_dict(saved.to_dict())
-  model = train.build_model(config)
-  return Restored(config, model, variables, step,
-                  predict.predictor_from_config(config, model, variables))
+  return inference.restore(path, checkpoint)
 
 
 def checkpoint_steps(workdir: str | pathlib.Path) -> list[int]:
@@ -63,13 +43,13 @@ def checkpoint_steps(workdir: str | pathlib.Path) -> list[int]:
     checkpointer.close()
 
 
-def restore_evaluated(workdir: str | pathlib.Path, results: Mapping[str, Any]) -> Restored:
+def restore_evaluated(workdir: str | pathlib.Path, results: Mapping[str, Any]) -> Any:
   """The checkpoint an eval result was computed with if still kept, else the best one."""
   step = results.get('step')
   return restore(workdir, step if step in checkpoint_steps(workdir) else 'best')
 
 
-def plot_predictions(restored: Restored, examples: Sequence[Mapping[str, Any]],
+def plot_predictions(restored: Any, examples: Sequence[Mapping[str, Any]],
                      class_names: Sequence[str], palette: Any,
                      scores: Mapping[str, float] | None = None, title: str = '') -> Figure:
   """`plot_segmentations` of examples (from `load_examples`) with the restored model's output.

@@ -25,7 +25,7 @@ def metrics_markdown(results: Mapping[str, Any]) -> str:
   """One-row Markdown table of pixel accuracy, mean accuracy, mean IoU and f.w. IoU (%)."""
   missing = [k for k in SCORE_KEYS if k not in results]
   if missing:
-    raise ValueError(f'results lack {missing}: pass an eval result (jaxseg.evaluate.evaluate '
+    raise ValueError(f'results lack {missing}: pass an eval result (jaxseg.inference.evaluate '
                      'or eval/<split>_step<N>.json)')
   head = '| ' + ' | '.join(_SCORE_TITLES[k] for k in SCORE_KEYS) + ' |'
   rule = '|' + '---:|' * len(SCORE_KEYS)

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import json
 import os
-import pathlib
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+from etils import epath
 
+from jaxseg import storage
 from jaxseg.weights import convert
 
 META_KEY = '__jaxseg_weights__'
@@ -25,8 +26,8 @@ FORMAT_VERSION = 1
 TORCH_SUFFIXES = ('.pth', '.pt')
 
 
-def _check_path(path: str | os.PathLike) -> pathlib.Path:
-  path = pathlib.Path(path)
+def _check_path(path: str | os.PathLike) -> epath.Path:
+  path = storage.resolve(path)
   if not path.is_file():
     raise FileNotFoundError(f'weights file {path} does not exist')
   if path.suffix not in (*TORCH_SUFFIXES, '.npz'):
@@ -49,7 +50,8 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     raise ImportError(f'reading {path} needs PyTorch (pip install "jaxseg[torch]"); or convert '
                       'it once with `jaxseg convert-weights` and use the .npz') from e
   try:
-    obj = torch.load(path, map_location='cpu', weights_only=True)
+    with path.open('rb') as f:
+      obj = torch.load(f, map_location='cpu', weights_only=True)
   except Exception as e:  # torch/pickle/zipfile raise many types for corrupt or unsafe files.
     raise ValueError(f'cannot read PyTorch weights file {path} (corrupt, truncated, or not a '
                      f'weights-only state dict): {_short(e)}') from e
@@ -69,7 +71,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 def save_npz(weights: convert.PretrainedWeights, path: str | os.PathLike) -> None:
   """Writes converted weights (atomically: a partial file never has the final name)."""
-  path = pathlib.Path(path)
+  path = storage.resolve(path)
   if path.suffix != '.npz':
     raise ValueError(f'output {path} must end in .npz')
   meta = {'format': FORMAT_VERSION, 'arch': weights.arch, 'normalization': weights.normalization,
@@ -77,17 +79,17 @@ def save_npz(weights: convert.PretrainedWeights, path: str | os.PathLike) -> Non
           'converted_from': os.path.basename(weights.path)}
   tmp = path.with_name(path.name + '.tmp')
   try:
-    with open(tmp, 'wb') as f:  # A file object: np.savez would otherwise rename it.
+    with tmp.open('wb') as f:  # A file object: np.savez would otherwise rename it.
       np.savez(f, **weights.arrays, **{META_KEY: np.array(json.dumps(meta))})
-    os.replace(tmp, path)
+    tmp.replace(path)
   finally:
     tmp.unlink(missing_ok=True)
 
 
-def _load_npz(path: pathlib.Path, with_arrays: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+def _load_npz(path: epath.Path, with_arrays: bool) -> tuple[dict[str, Any], dict[str, Any]]:
   """(metadata, arrays) of a jaxseg .npz; arrays only when asked (the metadata alone is cheap)."""
   try:
-    with np.load(path, allow_pickle=False) as data:
+    with path.open('rb') as f, np.load(f, allow_pickle=False) as data:
       meta_text = str(data[META_KEY]) if META_KEY in data.files else None
       arrays = {k: data[k] for k in data.files if k != META_KEY} if with_arrays else {}
   except Exception as e:  # zipfile/zlib/OSError/EOFError/ValueError on corrupt archives.

@@ -1,4 +1,4 @@
-"""The jaxseg networks in PyTorch eager, for the benchmark's side-by-side comparison.
+"""The jaxseg networks in PyTorch eager, layer for layer: the torch side of the benchmark.
 
 What a user would otherwise run: torchvision backbones (`vgg16().features`-style VGG16 / VGG16-BN
 built by torchvision's `make_layers`, torchvision `Bottleneck` blocks for ResNet) with the heads

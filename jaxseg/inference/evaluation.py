@@ -1,0 +1,166 @@
+"""Evaluation over a dataset split: one compiled step per batch, one confusion matrix.
+
+`evaluate` runs an inference mode (jaxseg.inference.modes) over pipeline.eval_iterator,
+accumulating the confusion matrix on the devices (psum over 'data', hence over hosts too), and
+writes workdir/eval/<split>_step<N>.json.
+"""
+from collections.abc import Callable, Iterable, Sequence
+import functools
+import json
+import os
+import re
+from typing import Any
+
+import jax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from etils import epath
+
+from jaxseg import metrics
+from jaxseg import storage
+from jaxseg.data import classes
+from jaxseg.inference import modes
+
+
+# ---------------------------------------------------------------- compiled eval step
+@functools.lru_cache(maxsize=16)
+def _eval_step(model: Any, mesh: Mesh, mode: str, crop: tuple[int, ...],
+               stride: tuple[int, ...], scales: tuple[float, ...], flip: bool, num_classes: int,
+               ignore: int, normalization: str) -> Callable[..., tuple[jax.Array, jax.Array]]:
+  """jit(shard_map(per-device step)); cached so repeated evals during training compile once."""
+
+  def per_device(variables, images, labels, valid, cm):
+    if images.dtype == jnp.uint8:  # Pixels from the input pipeline: normalise on the device.
+      from jaxseg.data import pipeline  # pylint: disable=g-import-not-at-top  (imports TF)
+      images = pipeline.normalize(images, normalization)
+    infer = modes.inference_fn(modes.model_apply_fn(model, variables), mode, crop, stride,
+                                 scales, flip)
+    pred = jnp.argmax(infer(images), axis=-1)
+    per_image = metrics.per_image_confusion(pred, labels, num_classes, ignore, valid)
+    return cm + jax.lax.psum(per_image.sum(0), 'data'), per_image
+
+  step = jax.shard_map(per_device, mesh=mesh,
+                       in_specs=(P(), P('data'), P('data'), P('data'), P()),
+                       out_specs=(P(), P('data')))
+  return jax.jit(step, donate_argnums=(4,))
+
+
+def _to_host(x: Any) -> np.ndarray:
+  """A global array as NumPy on every process (all-gather when multi-host)."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(x)
+
+
+def _gather_ids(ids_per_batch: Sequence[Sequence[Any]]) -> list[str]:
+  """Example ids in global batch order, from each process's host-local ids per batch.
+
+  A global batch holds process 0's rows, then process 1's, ...; every process yields the same
+  number of batches of the same local size.
+  """
+  def text(i):
+    return i.decode() if isinstance(i, bytes) else str(i)
+  if jax.process_count() == 1:
+    return [text(i) for batch in ids_per_batch for i in batch]
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  width = 256
+  local = max((len(b) for b in ids_per_batch), default=0)
+  codes = np.zeros((len(ids_per_batch), local, width), np.uint8)
+  for b, batch in enumerate(ids_per_batch):
+    for row, i in enumerate(batch):
+      raw = text(i).encode()[:width]
+      codes[b, row, :len(raw)] = np.frombuffer(raw, np.uint8)
+  codes = np.asarray(multihost_utils.process_allgather(codes))  # (processes, batches, rows, w)
+  codes = codes.transpose(1, 0, 2, 3).reshape(-1, width)
+  return [bytes(row).rstrip(b'\0').decode(errors='replace') for row in codes]
+
+
+# ---------------------------------------------------------------- evaluation loop
+def evaluate(config: ml_collections.ConfigDict, model: Any, variables: Any, mesh: Mesh,
+             split: str | None = None, *, workdir: str | os.PathLike | None = None,
+             step: int | None = None, progress: bool = False,
+             batches: Iterable[dict[str, Any]] | None = None) -> dict[str, Any]:
+  """Scores `model` with `variables` on a split (default config.data.eval_split).
+
+  Runs config.eval.mode over pipeline.eval_iterator (padded examples and label 255 masked out,
+  the last batch kept), accumulating one confusion matrix on the devices (psum over 'data',
+  hence over hosts too). When `workdir` is given, process 0 writes
+  workdir/eval/<split>_step<step>.json. `batches` replaces the eval iterator (same dict
+  format: image, label, valid, id), e.g. for tests.
+
+  Returns:
+    dict with pixel_accuracy, mean_accuracy, mean_iou, fw_iou (floats, FCN's definitions),
+    per_class_iou, per_class_accuracy (lists; NaN where a class is absent, see jaxseg.metrics),
+    confusion_matrix (int64 ndarray), class_names, per_image ([{'id', 'iou',
+    'pixel_accuracy'}] in dataset order), num_images, split.
+  """
+  split = split or config.data.eval_split
+  num_classes = config.data.num_classes
+  if config.eval.mode not in modes.MODES:
+    raise ValueError(f'unknown eval.mode {config.eval.mode!r}; use one of '
+                     f'{", ".join(modes.MODES)}')
+  step_fn = _eval_step(model, mesh, config.eval.mode, tuple(config.eval.crop_size),
+                       tuple(config.eval.stride), tuple(float(s) for s in config.eval.scales),
+                       bool(config.eval.flip), num_classes, int(config.data.ignore_label),
+                       config.data.normalization)
+  replicated = NamedSharding(mesh, P())
+  variables = jax.device_put(variables, replicated)
+  cm = jax.device_put(np.zeros((num_classes, num_classes), np.int32), replicated)
+
+  per_image, valids, ids = [], [], []
+  if batches is None:
+    from jaxseg.data import pipeline  # pylint: disable=g-import-not-at-top  (imports TF)
+    batches = pipeline.eval_iterator(config, mesh, split)
+  if progress and jax.process_index() == 0:
+    try:
+      import tqdm  # pylint: disable=g-import-not-at-top
+      batches = tqdm.tqdm(batches, desc=f'eval {split}', unit='batch', leave=False)
+    except ImportError:
+      pass
+  for batch in batches:
+    cm, image_cm = step_fn(variables, batch['image'], batch['label'], batch['valid'], cm)
+    per_image.append(image_cm)
+    valids.append(batch['valid'])
+    ids.append(list(batch['id']))
+
+  total = _to_host(cm).astype(np.int64)
+  scores = metrics.scores_from_confusion(total)
+  results = dict(scores)
+  results['confusion_matrix'] = total
+  results['class_names'] = classes.class_names_for(config.data.dataset,
+                                                   config.data.num_classes)
+  results['split'] = split
+  results['per_image'] = []
+  if per_image:
+    image_cm = np.concatenate([_to_host(x) for x in per_image])
+    valid = np.concatenate([_to_host(v) for v in valids]).astype(bool)
+    all_ids = _gather_ids(ids)
+    if len(all_ids) != len(valid):
+      all_ids = [str(i) for i in range(len(valid))]  # Ids missing: fall back to positions.
+    results['per_image'] = [
+        {'id': i, **s} for i, s, v in zip(all_ids, metrics.per_image_scores(image_cm), valid)
+        if v]
+  results['num_images'] = len(results['per_image'])
+  if workdir is not None and jax.process_index() == 0:
+    write_results(results, workdir, split, step)
+  return results
+
+
+def results_path(workdir: str | os.PathLike, split: str, step: int | None) -> epath.Path:
+  """workdir/eval/<split>_step<N>.json (a sliced split like 'val[:50]' becomes 'val__50_')."""
+  suffix = f'_step{step}' if step is not None else ''
+  name = re.sub(r'[^\w.+-]', '_', split)
+  return storage.resolve(workdir) / 'eval' / f'{name}{suffix}.json'
+
+
+def write_results(results: dict[str, Any], workdir: str | os.PathLike, split: str,
+                  step: int | None) -> epath.Path:
+  """eval/<split>_step<N>.json (strict JSON: NaN written as null)."""
+  path = results_path(workdir, split, step)
+  storage.write_text_atomic(path, json.dumps(metrics.json_safe({'step': step, **results}),
+                                             indent=1))
+  return path

@@ -1,0 +1,97 @@
+"""Predictions written as files: label PNGs and overlays for image files or dataset examples.
+
+`jaxseg predict --workdir DIR --input IMAGES... --output OUT` writes, per input image,
+  OUT/<name>.png          palette-mode PNG: pixel values are class ids, the palette is the
+                          dataset's (so viewers show colours, while np.array(Image.open(...))
+                          gives the ids);
+  OUT/<name>_overlay.png  the image blended with the colourised prediction.
+Images of any size and mode are accepted (grayscale, RGBA, palette... converted to RGB; EXIF
+rotation applied). Unreadable files are reported by name and skipped; the others are still
+written. `write_examples` does the same for a dataset split's first examples, with the ground
+truth beside (what `jaxseg demo` shows).
+"""
+from collections.abc import Iterable
+import pathlib
+import sys
+from typing import Any, TextIO
+
+import ml_collections
+import numpy as np
+import PIL.Image
+
+from jaxseg.data import classes
+from jaxseg.inference import images
+from jaxseg.inference.predictor import Predictor
+
+
+def _unique_stem(path: pathlib.Path, used: set[str]) -> str:
+  stem, k = path.stem, 1
+  while stem in used:
+    stem, k = f'{path.stem}_{k}', k + 1
+  used.add(stem)
+  return stem
+
+
+def predict_files(predictor: Predictor, inputs: Iterable[str | pathlib.Path],
+                  output: str | pathlib.Path, palette: np.ndarray,
+                  log: TextIO | None = None, errors: TextIO | None = None) -> dict[str, Any]:
+  """Writes label and overlay PNGs for every readable input; reports the others by name.
+
+  `log` and `errors` default to sys.stdout and sys.stderr as they are at the call.
+
+  Returns {'written': [label png paths], 'failed': [(input, reason)]}.
+  """
+  log = sys.stdout if log is None else log
+  errors = sys.stderr if errors is None else errors
+  output = pathlib.Path(output)
+  output.mkdir(parents=True, exist_ok=True)
+  written, failed, used = [], [], set()
+  paths = images.expand_inputs(str(i) for i in inputs)
+  for path in paths:
+    try:
+      image = images.load_rgb(path)
+    except Exception as e:  # pylint: disable=broad-except  Any unreadable file: report, go on.
+      reason = f'{type(e).__name__}: {e}'
+      failed.append((str(path), reason))
+      print(f'error: cannot read {path}: {reason}', file=errors)
+      continue
+    try:
+      label = predictor(image)
+    except Exception as e:  # pylint: disable=broad-except  E.g. a model-size constraint.
+      reason = f'{type(e).__name__}: {e}'
+      failed.append((str(path), reason))
+      print(f'error: cannot predict {path}: {reason}', file=errors)
+      continue
+    stem = _unique_stem(path, used)
+    label_path = output / f'{stem}.png'
+    images.save_label_png(label_path, label, palette)
+    PIL.Image.fromarray(classes.overlay(image, label, palette)).save(
+        output / f'{stem}_overlay.png')
+    written.append(str(label_path))
+    print(f'{path} -> {label_path} ({image.shape[0]}x{image.shape[1]})', file=log)
+  print(f'predicted {len(written)} of {len(paths)} images into {output}'
+        + (f'; {len(failed)} failed: {", ".join(p for p, _ in failed)}' if failed else ''),
+        file=log)
+  return {'written': written, 'failed': failed}
+
+
+def write_examples(config: ml_collections.ConfigDict, predictor: Predictor,
+                   output: pathlib.Path, count: int, split: str | None = None) -> list[str]:
+  """<id>.png, <id>_overlay.png, <id>_image.png and <id>_truth.png for a split's first examples."""
+  from jaxseg.data import pipeline  # pylint: disable=g-import-not-at-top  (imports TF)
+  builder = pipeline.load_builder(config)
+  palette = classes.palette_for(config.data.dataset)
+  output.mkdir(parents=True, exist_ok=True)
+  written = []
+  ds = builder.as_dataset(split=f'{split or config.data.eval_split}[:{count}]')
+  for example in ds.as_numpy_iterator():
+    name = example['id'].decode() if 'id' in example else str(len(written))
+    image = example['image']
+    label = predictor(image)
+    images.save_label_png(output / f'{name}.png', label, palette)
+    PIL.Image.fromarray(classes.overlay(image, label, palette)).save(
+        output / f'{name}_overlay.png')
+    PIL.Image.fromarray(image).save(output / f'{name}_image.png')
+    images.save_label_png(output / f'{name}_truth.png', np.asarray(example['label']), palette)
+    written.append(name)
+  return written

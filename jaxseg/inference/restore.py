@@ -1,0 +1,53 @@
+"""A trained workdir's model, ready to predict: config, model, variables, step and mesh.
+
+`eval`, `predict`, `demo`, `report` and the notebooks restore a checkpoint through `restore`.
+"""
+from collections.abc import Iterable, Sequence
+import dataclasses
+import functools
+import os
+from typing import Any
+
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh
+
+from jaxseg import config_loading
+from jaxseg import storage
+
+
+@dataclasses.dataclass
+class Restored:
+  """A workdir's model at one checkpoint."""
+  config: ml_collections.ConfigDict
+  model: Any
+  variables: Any
+  step: int
+  mesh: Mesh
+
+  @functools.cached_property
+  def predictor(self) -> Any:
+    """The jaxseg.inference.Predictor of this model (uint8 (H, W, 3) -> uint8 (H, W) ids)."""
+    from jaxseg.inference import predictor  # pylint: disable=g-import-not-at-top
+    return predictor.predictor_from_config(self.config, self.model, self.variables)
+
+  def predict(self, images: Iterable[Any]) -> list[np.ndarray]:
+    """Label maps of uint8 RGB images."""
+    return [self.predictor(np.asarray(image)) for image in images]
+
+
+def restore(workdir: str | os.PathLike, which: str | int = 'best',
+            overrides: Sequence[tuple[str, str]] = ()) -> Restored:
+  """The model of a workdir's checkpoint ('best', 'latest' or a step) with its saved config.
+
+  `overrides` are (field, value) pairs applied to the saved config (e.g. eval settings).
+  """
+  from jaxseg import checkpoint, parallel, train  # pylint: disable=g-import-not-at-top
+  if not storage.resolve(workdir).is_dir():
+    raise FileNotFoundError(f'workdir {workdir} does not exist')
+  mesh = parallel.create_mesh()
+  variables, saved_config, step = checkpoint.load_for_inference(workdir, mesh, which)
+  config = config_loading.from_dict(saved_config.to_dict())
+  config = config_loading.apply_overrides(config, overrides)
+  model = train.build_model(config)
+  return Restored(config, model, variables, step, mesh)
