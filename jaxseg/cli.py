@@ -1,4 +1,4 @@
-"""The `jaxseg` command: train, eval, predict, demo, convert-weights, report, benchmark.
+"""The `jaxseg` command: train, eval, predict, demo, convert-weights, report, benchmark, doctor.
 
   jaxseg train   --config experiments/fcn8s_voc.py --workdir DIR [--config.train.batch_size=8]
   jaxseg eval    --workdir DIR [--split val] [--checkpoint best|latest|STEP]
@@ -8,7 +8,8 @@
 `--config.a.b=value` overrides any field of experiments/default.py, parsed with the field's type
 (`--config.data.crop_size=256,256`, `--config.model.sync_bn=false`); a misspelt field fails
 with its name. convert-weights, report and benchmark are defined beside their code
-(`register(subparsers)` in jaxseg.weights.command, jaxseg.report, jaxseg.benchmark.command); every
+(`register(subparsers)` in jaxseg.weights.command, jaxseg.report, jaxseg.benchmark.command,
+jaxseg.doctor); every
 handler is stored as `func` in the parser defaults and called as `func(args)`.
 
 Bad input (missing file, unknown field, ...) prints one line `jaxseg: error: ...` and exits 2;
@@ -28,6 +29,7 @@ from jaxseg import accelerators
 from jaxseg import config_loading
 from jaxseg import report
 from jaxseg import storage
+from jaxseg import doctor
 from jaxseg.benchmark import command as benchmark_command
 from jaxseg.weights import command as weights_command
 
@@ -220,7 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument('--allow_config_change', '--allow-config-change', action='store_true')
   p.set_defaults(func=cmd_demo)
 
-  for register in (weights_command.register, report.register, benchmark_command.register):
+  for register in (weights_command.register, report.register, benchmark_command.register,
+                   doctor.register):
     register(sub)
   for subparser in sub.choices.values():
     if '--traceback' not in subparser._option_string_actions:  # pylint: disable=protected-access

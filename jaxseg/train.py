@@ -83,7 +83,8 @@ def build_model(config: ml_collections.ConfigDict) -> nn.Module:
   """The model of config.model for config.data.num_classes classes (see jaxseg.models)."""
   from jaxseg import models  # pylint: disable=g-import-not-at-top
   kwargs = dict(width=config.model.width, dtype=compute_dtype(config),
-                sync_bn_axis=parallel.DATA_AXIS if config.model.sync_bn else None)
+                sync_bn_axis=parallel.DATA_AXIS if config.model.sync_bn else None,
+                remat=config.model.remat)
   if config.model.dropout_rate >= 0:
     kwargs['dropout_rate'] = config.model.dropout_rate
   if config.model.name.startswith('fcn'):

@@ -48,15 +48,21 @@ def test_configure_xla_user_flag_wins():
 
 
 @pytest.mark.parametrize('env', [
-    {'JAXSEG_XLA_DEFAULTS': '0'}, {'JAXSEG_XLA_DEFAULTS': 'off'}, {'JAXSEG_XLA_DEFAULTS': 'False'},
-    {'JAX_PLATFORMS': 'cpu'}])
-def test_configure_xla_off_switch_and_cpu_only(env):
+    {'JAXSEG_XLA_DEFAULTS': '0'}, {'JAXSEG_XLA_DEFAULTS': 'off'}, {'JAXSEG_XLA_DEFAULTS': 'False'}])
+def test_configure_xla_off_switch(env):
   env = dict(env, XLA_FLAGS='--xla_cpu_foo')
-  if 'JAX_PLATFORMS' in env:
-    assert accelerators.configure_xla(env) == []
-  else:
-    assert accelerators.configure_xla(env, gpu=True) == []
+  assert accelerators.configure_xla(env, gpu=True) == []
+  assert accelerators.configure_xla(env, gpu=False) == []
   assert env['XLA_FLAGS'] == '--xla_cpu_foo'
+
+
+def test_configure_xla_cpu_keeps_remat_barriers():
+  cse = '--xla_disable_hlo_passes=cse_barrier_expander'
+  env = {'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': '--xla_cpu_foo'}
+  assert accelerators.configure_xla(env) == [cse]  # Not the GPU defaults.
+  assert env['XLA_FLAGS'] == f'--xla_cpu_foo {cse}'
+  env = {'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': '--xla_disable_hlo_passes=foo'}
+  assert accelerators.configure_xla(env) == []  # The user's list of disabled passes wins.
 
 
 def test_default_flags_exist_in_this_jaxlib(tmp_path):
@@ -68,8 +74,9 @@ def test_default_flags_exist_in_this_jaxlib(tmp_path):
     return subprocess.run([sys.executable, '-c', code], env=env, capture_output=True,
                           text=True, cwd=tmp_path, timeout=120)
 
-  ok = run(accelerators.merge_xla_flags('')[0])
-  assert ok.returncode == 0 and ok.stdout.strip() == 'cpu', ok.stderr[-2000:]
+  for defaults in (accelerators.XLA_GPU_DEFAULTS, accelerators.XLA_CPU_DEFAULTS):
+    ok = run(accelerators.merge_xla_flags('', defaults)[0])
+    assert ok.returncode == 0 and ok.stdout.strip() == 'cpu', ok.stderr[-2000:]
   bad = run('--xla_gpu_no_such_flag_for_jaxseg=1')
   assert bad.returncode != 0 and 'Unknown flag' in bad.stderr
 
@@ -148,8 +155,9 @@ def test_no_gce_check_user_setting_is_kept(tmp_path):
 def test_prepare_process_on_cpu():
   env = {'NO_GCE_CHECK': 'true', 'JAX_PLATFORMS': 'cpu', 'JAXSEG_COMPILATION_CACHE': 'off'}
   assert accelerators.prepare_process(env) == {
-      'no_gce_check': 'true', 'xla_flags_added': [], 'compilation_cache': None}
-  assert 'XLA_FLAGS' not in env
+      'no_gce_check': 'true', 'compilation_cache': None,
+      'xla_flags_added': ['--xla_disable_hlo_passes=cse_barrier_expander']}
+  assert env['XLA_FLAGS'] == '--xla_disable_hlo_passes=cse_barrier_expander'
 
 
 # ---------------------------------------------------------------- after start-up

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from jaxseg import checkpoint, ops
-from jaxseg.doctor import command, environment, parity
+from jaxseg.doctor import command, environment, forms, parity
 
 QUICK_CHECKS = ['environment', 'op_parity', 'train_step_b2', 'train_loop', 'checkpoint',
                 'multiscale_eval']
@@ -64,6 +64,8 @@ def test_a_check_that_raises_fails_alone_and_exits_1(tmp_path, monkeypatch):
 def test_parity_catches_an_op_off_by_1e_3(tmp_path, monkeypatch):
   original = ops.atrous_conv
   monkeypatch.setattr(ops, 'atrous_conv', lambda *a, **k: original(*a, **k) + 1e-3)
+  # Two atrous cases and the max pool: the pool must still pass (cases are compared apart).
+  monkeypatch.setattr(parity, 'CASES', parity.CASES[:2] + parity.CASES[3:4])
   code, _, records = _run(tmp_path, '--only', 'op_parity')
   assert code == 1 and not records['op_parity']['ok']
   assert 'atrous_conv' in records['op_parity']['message']
@@ -129,6 +131,18 @@ def test_bad_flags_exit_2(tmp_path):
   with pytest.raises(SystemExit) as raised:
     command.main(['--quick', '--json', str(tmp_path / 'missing' / 'out.json')])
   assert raised.value.code == 2
+
+
+def test_full_form_configs_build_and_the_loop_is_the_batch_8_step():
+  """The full form's loop check reuses the batch-8 step (and, on a GPU, its compiled program):
+  that needs the two configs to be the same."""
+  step = forms.step_config(forms.FULL, 8, '/data')
+  assert (step.model.name, step.model.dtype, tuple(step.data.crop_size)) == (
+      'pspnet50', 'bfloat16', (473, 473))
+  assert forms.loop_config(forms.FULL, '/data', 1).to_json() == step.to_json()
+  assert forms.loop_config(forms.FULL, '/data', 3).train.batch_size == 9
+  assert forms.step_model(forms.FULL, step).stage_sizes is None
+  assert forms.step_config(forms.FULL, 2).train.batch_size == 2
 
 
 def test_register_adds_the_subcommand():

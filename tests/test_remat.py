@@ -3,7 +3,7 @@
 The reference for remat='block' / 'stage' is the same model with remat='none' (plain autodiff):
 loss, gradients and updated BatchNorm statistics must agree, the parameter trees must be
 identical (so checkpoints and imported weights load under every mode), and the gradient program
-must really contain one checkpoint region per bottleneck / conv unit / stage.
+must really contain one checkpoint region per bottleneck / VGG block / stage.
 """
 import jax
 import jax.extend.core as jex
@@ -11,11 +11,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxseg import models
+from jaxseg import models, parallel
 from jaxseg.models import remat
 
 NUM_CLASSES = 4
-# Tiny variant, input size, and per mode the outputs of each checkpoint region in forward order.
+# Tiny variant, input size, and per mode the activations each checkpoint region returns, in order.
 # VGG16 has 5 blocks: a 'block' region is a block's convs (-> its activation), a 'stage' region
 # adds the pool (-> activation, pooled[, switches for DeconvNet]); DeconvNet's 5 decoder blocks
 # are regions of their deconvs, with ('stage') or without ('block') the unpool before them. The
@@ -123,7 +123,8 @@ def test_remat_puts_one_checkpoint_region_per_unit_in_the_program(name):
     args = (variables['params'], variables.get('batch_stats', {}))
     loss_fn = _loss_fn(model, x, labels)
     forward = _regions(jax.make_jaxpr(loss_fn)(*args).jaxpr)
-    assert [len(eqn.outvars) for eqn in forward] == outputs, mode
+    # NHWC outputs only: a region also returns the BatchNorm statistics it updates.
+    assert [sum(v.aval.ndim == 4 for v in eqn.outvars) for eqn in forward] == outputs, mode
     # The gradient recomputes each region in the backward pass.
     backward = _regions(jax.make_jaxpr(jax.grad(loss_fn, has_aux=True))(*args).jaxpr)
     assert len(backward) == len(outputs), mode
@@ -165,3 +166,33 @@ def test_unknown_remat_names_the_config_field_and_the_choices(name):
                                    **({'variant': name[3:]} if name.startswith('fcn') else {}))
   with pytest.raises(ValueError, match=r"config\.model\.remat.*got 'Block'"):
     jax.eval_shape(model.init, jax.random.key(0), _inputs(size)[0])
+
+
+def test_remat_with_cross_replica_batchnorm_under_shard_map():
+  """Sync BN's pmean inside the checkpoint regions, mapped as the train step is (in float64)."""
+  if jax.device_count() < 2:
+    pytest.skip('needs 2 devices (tests/conftest.py forces 8 CPU devices)')
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:2]), (parallel.DATA_AXIS,))
+  overrides, size, _ = CASES['pspnet50']
+  with jax.enable_x64(True):
+    x, labels = _inputs(size)
+    x = x.astype(jnp.float64)
+    results = {}
+    for mode in remat.REMAT_MODES:
+      model = models.create_model('pspnet50', NUM_CLASSES, remat=mode, dtype='float64',
+                                  sync_bn_axis=parallel.DATA_AXIS, **overrides)
+      variables = jax.tree_util.tree_map(lambda v: v.astype(jnp.float64), _variables(model, x))
+
+      def step(state, batch, model=model):
+        grad_fn = jax.value_and_grad(_loss_fn(model, *batch), has_aux=True)
+        (loss, stats), grads = grad_fn(*state)
+        return jax.lax.pmean((loss, grads), parallel.DATA_AXIS), stats
+
+      mapped = parallel.data_parallel(step, mesh, donate_state=False)
+      results[mode] = mapped((variables['params'], variables['batch_stats']), (x, labels))
+  (want_loss, want_grads), want_stats = results['none']
+  for mode in ('block', 'stage'):
+    (loss, grads), stats = results[mode]
+    np.testing.assert_allclose(loss, want_loss, rtol=1e-6, err_msg=mode)
+    _assert_trees_close(grads, want_grads, f'sync BN remat={mode} gradient')
+    _assert_trees_close(stats, want_stats, f'sync BN remat={mode} batch_stats')

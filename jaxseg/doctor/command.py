@@ -29,7 +29,7 @@ def plan(form: Any) -> list[tuple[str, Any]]:
 
   Looked up when called, so a replaced check function (a test's monkeypatch) is the one run.
   """
-  # pylint: disable=g-import-not-at-top  (JAX, TF and the models load only when checks run)
+  # pylint: disable=g-import-not-at-top  (flax, TF and the models load only when checks run)
   from jaxseg.doctor import checkpointing, environment, evaluation, parity, training
   steps = [(f'train_step_b{b}', functools.partial(training.check_train_step, batch=b))
            for b in form.step_batches]
@@ -63,7 +63,11 @@ def cmd_doctor(args: argparse.Namespace) -> int:
   # pylint: disable=g-import-not-at-top
   import jax
   from jaxseg.doctor import forms, runner
-  backend = jax.default_backend()
+  try:
+    backend = jax.default_backend()
+  except RuntimeError as e:  # E.g. JAX_PLATFORMS=cuda and CUDA did not start: the diagnosis.
+    print(f'jaxseg doctor: FAILED: JAX could not start a backend: {e}', file=sys.stderr)
+    return 1
   form = forms.QUICK if args.quick or backend == 'cpu' else forms.FULL
   checks = plan(form)
   if args.only:

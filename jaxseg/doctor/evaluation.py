@@ -53,7 +53,7 @@ def check_multiscale_eval(ctx: Context) -> Outcome:
   start = time.perf_counter()
   probs = np.asarray(compiled(variables, images))
   run_s = time.perf_counter() - start
-  limit = (ctx.device.memory_stats() or {}).get('bytes_limit')
+  limit = training.memory_stats(ctx.device).get('bytes_limit')
 
   problems = []
   expected = (1, height, width, int(config.data.num_classes))

@@ -11,8 +11,8 @@ Reduced form (`--quick`, and whenever JAX's backend is the CPU; well under a min
                 (the loop builds its model from the config alone, and this is the cheapest
                 network whose XLA:CPU compile fits the budget)
   checkpoint    the reduced PSPNet's train state
-  eval          scales 0.5 and 1.25 + flip of a 65x65 image, 49 windows at stride 33: a whole-image
-                scale and a sliding-window scale, like the full form
+  eval          scale 1.25 + flip of a 65x65 image, 49 windows at stride 33: resizing, sliding
+                windows and flips, as the full form's larger scales
 The reduced PSPNet keeps every kind of layer of PSPNet-50 (deep stem, dilated bottlenecks,
 pyramid pooling, auxiliary head) and drops the repeats: ResNet-50's 3-4-6-3 blocks take XLA:CPU
 over a minute to compile at any width.
@@ -99,7 +99,7 @@ QUICK = Form(
                  ('data.prefetch', 1), ('optim.warmup_steps', 0), ('train.num_steps', 9),
                  ('train.log_every', 3)) + _LOOP_FIELDS,
     loop_batch=2,
-    eval_size=(65, 65), eval_crop=(49, 49), eval_stride=(33, 33), eval_scales=(0.5, 1.25))
+    eval_size=(65, 65), eval_crop=(49, 49), eval_stride=(33, 33), eval_scales=(1.25,))
 
 
 def _config(recipe: str, fields: Fields, overrides: dict[str, Any]) -> ml_collections.ConfigDict:

@@ -7,22 +7,24 @@ block at the end (the pipelined throughput, which is what a training loop that n
 the host can reach).
 
 - Memory: where the backend reports it (GPU, TPU), the device's `peak_bytes_in_use` after the
-  steps (JAX cannot reset it: it is the process's peak so far, which the steps dominate) and the
-  step is called directly, so its program is the very one `train_and_evaluate` compiles for the
-  same config (the persistent compilation cache then serves the loop check). Elsewhere (the CPU)
-  the step is compiled ahead of time and the program's `memory_analysis()` is the number:
-  arguments + outputs + temporaries - donated aliases.
+  steps (JAX cannot reset it: it is the process's peak so far, which the steps dominate).
+  Elsewhere (the CPU) the step is compiled ahead of time and the program's `memory_analysis()`
+  is the number: arguments + outputs + temporaries - donated aliases.
+- Otherwise the step is called directly, as the trainer calls it, so its program is the very one
+  `train_and_evaluate` compiles for the same config and devices: with the persistent
+  compilation cache on (jaxseg's default) the loop check's trainer compiles nothing.
 - FLOPs: XLA's cost analysis of the step lowered with `ops.set_conv_impl('lax')` (the
   network's conventional count; see jaxseg.benchmark.workloads). MFU = FLOPs / median step time
   / `jaxseg.benchmark.devices.published_peak(device kind, dtype)`; n/a on the CPU, which has no
   published peak.
 
 The loop check runs `train.train_and_evaluate` on the embedded dataset (no evaluation, one save
-at the end; resuming from a random state saved as checkpoint 0, see `seed_workdir`) and compares the images/s of its steady logging intervals (all but the first, which
-includes compilation) with the bare step's pipelined images/s at the same config, batch and
-devices. On an accelerator the loop must reach LOOP_GOAL of the bare step: below it the input
-pipeline or the host is holding training back. On the CPU the pipeline competes with the step for
-the same cores, so the ratio is only reported.
+at the end; resuming from a random state saved as checkpoint 0, see `seed_workdir`) and compares
+the images/s of its steady logging intervals (all but the first, which includes compilation)
+with the bare step's pipelined images/s at the same config, batch and devices. On an
+accelerator the loop must reach LOOP_GOAL of the bare step: below it the input pipeline or the
+host is holding training back. On the CPU the pipeline competes with the step for the same
+cores, so the ratio is only reported.
 """
 from __future__ import annotations
 
@@ -69,6 +71,11 @@ def step_flops(train_step: Any, state: Any, batch: Any) -> float | None:
     ops.set_conv_impl(previous)
 
 
+def memory_stats(device: jax.Device) -> dict[str, Any]:
+  """The device's memory statistics ({} where the backend keeps none: the CPU)."""
+  return device.memory_stats() or {}
+
+
 def program_bytes(compiled: Any) -> dict[str, int] | None:
   """A compiled program's memory: arguments + outputs + temporaries - donated aliases."""
   stats = compiled.memory_analysis()
@@ -81,22 +88,23 @@ def program_bytes(compiled: Any) -> dict[str, int] | None:
 
 
 def measure_step(config: ml_collections.ConfigDict, model: nn.Module, mesh: Mesh, warmup: int,
-                 timed_steps: int, count_flops: bool = True) -> dict[str, Any]:
+                 timed_steps: int, detail: bool = True) -> dict[str, Any]:
   """Times `train.make_train_step` at config.train.batch_size on `mesh`; see the module doc.
 
-  `count_flops=False` skips the FLOP count (and MFU): one trace of the step less.
+  `detail=False` (the loop check, which needs the throughput only) skips the FLOP count and the
+  ahead-of-time compile for memory: the step is called directly on every backend.
   """
   batch_size = int(config.train.batch_size)
   tx, schedule = optim.create_optimizer(config, train.backbone_prefixes(config))
   state = inputs.random_train_state(config, model, tx, mesh)
   batch = inputs.random_batch(config, batch_size, mesh)
   train_step = train.make_train_step(config, model, tx, schedule, mesh)
-  flops = step_flops(train_step, state, batch) if count_flops else None
+  flops = step_flops(train_step, state, batch) if detail else None
   device = mesh.devices.flat[0]
-  reports_memory = bool(device.memory_stats())
+  direct = bool(memory_stats(device)) or not detail
 
   start = time.perf_counter()
-  if reports_memory:
+  if direct:
     run, program = train_step, None
   else:
     compiled = jax.jit(train_step, donate_argnums=(0,)).lower(state, batch).compile()
@@ -122,12 +130,12 @@ def measure_step(config: ml_collections.ConfigDict, model: nn.Module, mesh: Mesh
   loss = float(parallel.to_host(metrics['loss']))
   grad_norm = float(parallel.to_host(metrics['grad_norm']))
   step_s = statistics.median(times)
-  stats = device.memory_stats() or {}
+  stats = memory_stats(device)
   peak = bench_devices.published_peak(device.device_kind, str(config.model.dtype))
   return {
       'batch': batch_size,
       'devices': int(mesh.size),
-      'compile_s': compiled_s if not reports_memory else max(first_s - step_s, 0.0),
+      'compile_s': max(first_s - step_s, 0.0) if direct else compiled_s,
       'step_s': step_s,
       'step_times_s': times,
       'pipelined_step_s': pipelined_s,
@@ -145,14 +153,14 @@ def measure_step(config: ml_collections.ConfigDict, model: nn.Module, mesh: Mesh
 
 
 def measured_step(ctx: Context, config: ml_collections.ConfigDict, model: nn.Module,
-                  mesh: Mesh, count_flops: bool = True) -> dict[str, Any]:
+                  mesh: Mesh, detail: bool = True) -> dict[str, Any]:
   """`measure_step`, measured once per (config, devices, model) in a doctor run: the full
   form's loop check reuses the batch-8 step check's numbers (same config, one device)."""
   key = (config.to_json_best_effort(sort_keys=True), tuple(d.id for d in mesh.devices.flat),
          repr(model))
   if key not in ctx.measured:
     ctx.measured[key] = measure_step(config, model, mesh, ctx.form.warmup, ctx.form.timed_steps,
-                                     count_flops)
+                                     detail)
   return ctx.measured[key]
 
 
@@ -171,7 +179,7 @@ def check_train_step(ctx: Context, batch: int) -> Outcome:
   model = forms.step_model(ctx.form, config)
   m = measured_step(ctx, config, model, parallel.create_mesh([ctx.device]))
   mfu = 'MFU n/a' if m['mfu'] is None else f'MFU {100 * m["mfu"]:.1f}%'
-  flops = 'n/a' if not m['flops_per_step'] else f'{m["flops_per_step"] / 1e9:.1f} GFLOP'
+  flops = 'n/a' if not m['flops_per_step'] else f'{m["flops_per_step"] / 1e9:.3g} GFLOP'
   message = (f'{forms.describe(config, ctx.form.stage_sizes)} batch {batch}: '
              f'{1e3 * m["step_s"]:.1f} ms/step ({m["images_per_sec"]:.1f} images/s), '
              f'{_memory_text(m)}, {flops}/step, {mfu}; compile {m["compile_s"]:.1f} s')
@@ -216,7 +224,7 @@ def check_train_loop(ctx: Context) -> Outcome:
   config = forms.loop_config(ctx.form, ctx.data_dir, jax.device_count())
   mesh = parallel.create_mesh()  # All devices, as train_and_evaluate.
   model = train.build_model(config)
-  bare = measured_step(ctx, config, model, mesh, count_flops=False)
+  bare = measured_step(ctx, config, model, mesh, detail=False)
   workdir = ctx.tmp / 'train_loop'
   seed_workdir(config, model, mesh, workdir)
   start = time.perf_counter()
