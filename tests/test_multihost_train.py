@@ -1,14 +1,13 @@
 """train_and_evaluate as two processes on loopback: process 0 prepares the dataset while the
 other waits, both agree on the step to resume from, and a bad setting fails both at once."""
 import json
-import os
 import pathlib
-import socket
-import subprocess
 import sys
 import textwrap
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / 'tests'))
+import test_parallel  # noqa: E402  pylint: disable=g-import-not-at-top
 
 WORKER = textwrap.dedent('''
     import os, sys
@@ -27,33 +26,11 @@ WORKER = textwrap.dedent('''
 ''')
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(('localhost', 0))
-    return s.getsockname()[1]
-
-
 def _launch(tmp_path, workdir, data_dir, num_steps, eval_batch=8, eval_every=-1):
   script = tmp_path / 'worker.py'
   script.write_text(WORKER.format(tests=str(ROOT / 'tests'), root=str(ROOT)))
-  port = _free_port()
-  procs = []
-  for pid in range(2):
-    env = dict(os.environ, JAX_COORDINATOR_ADDRESS=f'localhost:{port}', JAX_NUM_PROCESSES='2',
-               JAX_PROCESS_ID=str(pid))
-    procs.append(subprocess.Popen(
-        [sys.executable, str(script), str(workdir), str(data_dir), str(num_steps),
-         str(eval_batch), str(eval_every)], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True))
-  logs = []
-  for proc in procs:
-    try:
-      logs.append(proc.communicate(timeout=600)[0])
-    except subprocess.TimeoutExpired:
-      for p in procs:
-        p.kill()
-      raise
-  return [p.returncode for p in procs], logs
+  return test_parallel.wait_for(test_parallel.start_processes(
+      script, [workdir, data_dir, num_steps, eval_batch, eval_every], tmp_path))
 
 
 def test_two_processes_prepare_once_train_and_resume(tmp_path):

@@ -149,27 +149,42 @@ def _free_port():
     return s.getsockname()[1]
 
 
+def start_processes(script, args, cwd, count=2):
+  """`script args` as processes 0..count-1 of a jax.distributed job on loopback."""
+  port = _free_port()
+  procs = []
+  for pid in range(count):
+    env = dict(os.environ, JAX_COORDINATOR_ADDRESS=f'localhost:{port}',
+               JAX_NUM_PROCESSES=str(count), JAX_PROCESS_ID=str(pid), JAX_PLATFORMS='cpu')
+    procs.append(subprocess.Popen([sys.executable, str(script), *map(str, args)], env=env,
+                                  cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  text=True))
+  return procs
+
+
+def wait_for(procs, timeout=600):
+  """(return codes, logs) of processes from start_processes; kills them all on a time-out."""
+  logs = []
+  for proc in procs:
+    try:
+      logs.append(proc.communicate(timeout=timeout)[0])
+    except subprocess.TimeoutExpired:
+      for p in procs:
+        p.kill()
+      raise
+  return [p.returncode for p in procs], logs
+
+
 def run_two_processes(tmp_path, worker_source, out, reference):
   """Runs `worker_source` as processes 0 and 1 of a jax.distributed job (4 CPU devices each,
   argv[1] = out) while `reference()` runs here (1 process, 8 devices); returns its result."""
   script = tmp_path / 'worker.py'
   script.write_text(worker_source.format(tests=str(ROOT / 'tests'), root=str(ROOT)))
-  port = _free_port()
-  procs = []
-  for pid in range(2):
-    env = dict(os.environ, JAX_COORDINATOR_ADDRESS=f'localhost:{port}', JAX_NUM_PROCESSES='2',
-               JAX_PROCESS_ID=str(pid), JAX_PLATFORMS='cpu')
-    procs.append(subprocess.Popen([sys.executable, str(script), str(out)], env=env, cwd=tmp_path,
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+  procs = start_processes(script, [out], tmp_path)
   expected = reference()
-  for proc in procs:
-    try:
-      log = proc.communicate(timeout=600)[0]
-    except subprocess.TimeoutExpired:
-      for p in procs:
-        p.kill()
-      raise
-    assert proc.returncode == 0, log[-3000:]
+  codes, logs = wait_for(procs)
+  for code, log in zip(codes, logs):
+    assert code == 0, log[-3000:]
   return expected
 
 

@@ -5,6 +5,9 @@ loss, gradients and updated BatchNorm statistics must agree, the parameter trees
 identical (so checkpoints and imported weights load under every mode), and the gradient program
 must really contain one checkpoint region per bottleneck / VGG block / stage.
 """
+import pathlib
+import sys
+
 import jax
 import jax.extend.core as jex
 import jax.numpy as jnp
@@ -13,6 +16,9 @@ import pytest
 
 from jaxseg import models, parallel
 from jaxseg.models import remat
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from test_models_pspnet import _numpy_variables  # noqa: E402  pylint: disable=g-import-not-at-top
 
 NUM_CLASSES = 4
 # Tiny variant, input size, and per mode the activations each checkpoint region returns, in order.
@@ -32,22 +38,6 @@ CASES = {
                   {'block': [1] * 5, 'stage': [1] * 4}),
 }
 REGION_PRIMITIVES = ('checkpoint', 'remat', 'remat2')
-
-
-def _variables(model, x):
-  """Random variables with the model's tree (NumPy-filled: compiling its init is slow)."""
-  rng = np.random.default_rng(0)
-  shapes = jax.eval_shape(model.init, jax.random.key(0), x)
-
-  def fill(path, leaf):
-    name = path[-1].key
-    if name == 'kernel':
-      scale = np.sqrt(2.0 / np.prod(leaf.shape[:-1]))
-      return jnp.asarray(rng.normal(0, scale, leaf.shape), jnp.float32)
-    base = {'scale': 1.0, 'var': 1.0}.get(name, 0.0)
-    return jnp.asarray(base + 0.1 * rng.random(leaf.shape), jnp.float32)
-
-  return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
 def _loss_fn(model, x, labels):
@@ -142,7 +132,8 @@ def test_remat_gives_the_same_loss_gradients_and_batch_stats(name):
     results = {}
     for mode in remat.REMAT_MODES:
       model = models.create_model(name, NUM_CLASSES, remat=mode, dtype='float64', **overrides)
-      variables = jax.tree_util.tree_map(lambda v: v.astype(jnp.float64), _variables(model, x))
+      variables = jax.tree_util.tree_map(lambda v: v.astype(jnp.float64),
+                                         _numpy_variables(model, x))
       grad_fn = jax.value_and_grad(_loss_fn(model, x, labels), has_aux=True)
       results[mode] = jax.jit(grad_fn)(variables['params'], variables.get('batch_stats', {}))
   (want_loss, want_stats), want_grads = results['none']
@@ -181,7 +172,8 @@ def test_remat_with_cross_replica_batchnorm_under_shard_map():
     for mode in remat.REMAT_MODES:
       model = models.create_model('pspnet50', NUM_CLASSES, remat=mode, dtype='float64',
                                   sync_bn_axis=parallel.DATA_AXIS, **overrides)
-      variables = jax.tree_util.tree_map(lambda v: v.astype(jnp.float64), _variables(model, x))
+      variables = jax.tree_util.tree_map(lambda v: v.astype(jnp.float64),
+                                         _numpy_variables(model, x))
 
       def step(state, batch, model=model):
         grad_fn = jax.value_and_grad(_loss_fn(model, *batch), has_aux=True)
