@@ -394,16 +394,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   """
   launch.initialize_from_environment()
   workdir = storage.resolve(workdir)
+  logging.info('%s', accelerators.startup_report(config.model.dtype))
+  # Every check before anything is written: a bad setting claims nothing in the workdir.
   preflight.check_config(config, jax.device_count())
+  model = build_model(config)
+  preflight.check_model(config, model)
+  preflight.check_data(config, jax.process_count())
   checkpointer = checkpoint_lib.Checkpointer(workdir, config.train.keep_checkpoints)
   try:
-    return _train(config, workdir, checkpointer, allow_config_change)
+    return _train(config, model, workdir, checkpointer, allow_config_change)
   finally:
     checkpointer.wait()  # A save in flight (the last good state) completes even on errors.
     checkpointer.close()
 
 
-def _train(config: ml_collections.ConfigDict, workdir: epath.Path,
+def _train(config: ml_collections.ConfigDict, model: nn.Module, workdir: epath.Path,
            checkpointer: checkpoint_lib.Checkpointer, allow_config_change: bool) -> dict:
   """train_and_evaluate's body, given the workdir's checkpointer."""
   is_main = jax.process_index() == 0
@@ -419,15 +424,11 @@ def _train(config: ml_collections.ConfigDict, workdir: epath.Path,
       logging.warning('Config differs from the checkpoint\'s: %s', changed)
 
   # ------------------------------------------------------------ mesh
-  logging.info('%s', accelerators.startup_report(config.model.dtype))
   mesh = parallel.create_mesh()
   logging.info('Mesh: %d devices over %d processes', mesh.size, jax.process_count())
 
-  # ------------------------------------------------------------ model
-  model = build_model(config)
+  # ------------------------------------------------------------ model (built and checked above)
   tx, schedule = optim.create_optimizer(config, backbone_prefixes(config))
-  preflight.check_model(config, model)
-  preflight.check_data(config, jax.process_count())
 
   # ------------------------------------------------------------ shard: initial or restored state
   if latest is not None:
