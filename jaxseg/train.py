@@ -72,8 +72,8 @@ def compute_dtype(config: ml_collections.ConfigDict) -> Any:
   """The model's compute dtype from config.model.dtype."""
   name = config.model.dtype
   if name not in _DTYPES:
-    hint = (' float16 trains without loss scaling would underflow; bfloat16 has the range of '
-            'float32 and runs at the same speed on tensor cores/MXUs.' if name == 'float16' else '')
+    hint = (' float16 would need loss scaling (its small gradients underflow); bfloat16 has '
+            "float32's range and the same tensor-core/MXU speed." if name == 'float16' else '')
     raise ValueError(f'config.model.dtype={name!r} is not offered; use one of {tuple(_DTYPES)} '
                      f'(float32 on the CPU, bfloat16 on GPU/TPU).{hint}')
   return _DTYPES[name]

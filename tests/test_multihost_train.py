@@ -54,3 +54,17 @@ def test_two_processes_prepare_once_train_and_resume(tmp_path):
   assert codes[0] != 0 and codes[1] != 0, codes
   for log in logs:
     assert 'config.eval.batch_size=12 must be a positive multiple' in log, log[-3000:]
+
+
+def test_processes_resume_from_the_step_process_0_sees(monkeypatch):
+  """On shared/object storage one process may list a save the others do not see yet."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  from jaxseg import train  # pylint: disable=g-import-not-at-top
+  seen_by_process_0 = 4
+  monkeypatch.setattr(jax, 'process_count', lambda: 2)
+  monkeypatch.setattr(multihost_utils, 'broadcast_one_to_all',
+                      lambda x: seen_by_process_0 if x is not None else None)
+  assert train._agreed(6) == 4  # This process saw step 6; process 0 only 4: resume from 4.
+  seen_by_process_0 = -1  # Process 0 sees no checkpoint: start fresh everywhere.
+  assert train._agreed(6) is None

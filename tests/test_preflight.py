@@ -69,3 +69,11 @@ def test_eval_every_minus_one_trains_without_evaluating(tmp_path, data_dir):
   final = train.train_and_evaluate(config, tmp_path)
   assert final['step'] == 2 and 'mean_iou' not in final
   assert not (tmp_path / 'eval').exists()
+
+
+def test_float16_is_refused_with_the_reason():
+  config = tiny_config('')
+  config.model.dtype = 'float16'
+  with pytest.raises(ValueError, match=r"config\.model\.dtype='float16' is not offered.*loss "
+                     r'scaling.*bfloat16'):
+    train.build_model(config)
