@@ -20,6 +20,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh
 from orbax.checkpoint import checkpoint_managers
+from orbax.checkpoint._src.metadata import array_metadata_store  # Pinned orbax 0.12.8.
 
 from jaxseg import parallel
 from jaxseg import storage
@@ -113,18 +114,12 @@ _MIN_REPLICA_PARALLEL_BYTES = 4 << 20
 
 def _type_handlers() -> Any:
   """Orbax's default type handlers, with replica-parallel saving only for large arrays."""
-  try:
-    # pylint: disable-next=g-import-not-at-top
-    from orbax.checkpoint._src.metadata import array_metadata_store
-    store = array_metadata_store.Store()
-  except ImportError:
-    store = None
   th = ocp.type_handlers
   return th.create_type_handler_registry(
       (int, th.ScalarHandler()), (float, th.ScalarHandler()), (bytes, th.ScalarHandler()),
       (np.number, th.ScalarHandler()), (np.ndarray, th.NumpyHandler()),
       (jax.Array, th.ArrayHandler(
-          array_metadata_store=store,
+          array_metadata_store=array_metadata_store.Store(),
           min_slice_bytes_for_replica_parallel=_MIN_REPLICA_PARALLEL_BYTES)),
       (str, th.StringHandler()))
 

@@ -57,8 +57,10 @@ def _torch_before_tensorflow(config) -> None:
   if str(config.model.init_from).endswith('.pth'):
     try:
       import torchvision  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
-    except ImportError:
-      pass
+    except ImportError as e:  # The optional `torch` extra: say what to do, do not go on.
+      raise ValueError(f'config.model.init_from={config.model.init_from} is a PyTorch file and '
+                       'needs PyTorch (pip install "jaxseg[torch]"); or convert it once with '
+                       '`jaxseg convert-weights` and pass the .npz') from e
 
 
 def _checkpoint_arg(value: str) -> str | int:

@@ -201,7 +201,8 @@ def make_train_step(config: ml_collections.ConfigDict, model: nn.Module,
     rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), lax.axis_index(axis))
     images = batch['image']
     if images.dtype == jnp.uint8:  # Raw pixels from the input pipeline: normalise here.
-      images = normalize_on_device(images, normalization)
+      from jaxseg.data import pipeline  # pylint: disable=g-import-not-at-top  (imports TF)
+      images = pipeline.normalize(images, normalization)
     if accum == 1:
       grads, metrics, batch_stats = grads_of(state.params, state.batch_stats, images,
                                              batch['label'], rng)
@@ -220,12 +221,6 @@ def make_train_step(config: ml_collections.ConfigDict, model: nn.Module,
 
   step_fn = parallel.data_parallel(per_device_step, mesh)
   return lambda state, batch: step_fn(state, {'image': batch['image'], 'label': batch['label']})
-
-
-def normalize_on_device(images: jax.Array, method: str) -> jax.Array:
-  """uint8 RGB pixels -> the model's normalised float32 input (jaxseg.data.pipeline.normalize)."""
-  from jaxseg.data import pipeline  # pylint: disable=g-import-not-at-top  (imports TF)
-  return pipeline.normalize(images, method)
 
 
 # ---------------------------------------------------------------- evals
@@ -264,18 +259,15 @@ class MetricWriter:
         self._lines = kept
     if not tensorboard:
       return
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top  (a dependency, slow to import)
     try:
-      import tensorflow as tf  # pylint: disable=g-import-not-at-top
-      try:
-        tf.config.set_visible_devices([], 'GPU')  # TF writes files only; GPUs belong to JAX.
-      except RuntimeError:
-        pass  # TF's devices were initialised already (by the input pipeline, which hides them).
-      self._tf = tf
-      self._tb = tf.summary.create_file_writer(str(workdir / TENSORBOARD_DIR))
-      self._scalar_metadata = tf.compat.v1.SummaryMetadata()
-      self._scalar_metadata.plugin_data.plugin_name = 'scalars'
-    except ImportError:
-      logging.warning('tensorflow is not installed: no TensorBoard events.')
+      tf.config.set_visible_devices([], 'GPU')  # TF writes files only; GPUs belong to JAX.
+    except RuntimeError:
+      pass  # TF's devices were initialised already (by the input pipeline, which hides them).
+    self._tf = tf
+    self._tb = tf.summary.create_file_writer(str(workdir / TENSORBOARD_DIR))
+    self._scalar_metadata = tf.compat.v1.SummaryMetadata()
+    self._scalar_metadata.plugin_data.plugin_name = 'scalars'
 
   def write(self, step: int, split: str, values: dict[str, Any]) -> None:
     if not self.enabled:

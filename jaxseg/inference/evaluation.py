@@ -16,6 +16,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import tqdm
 
 from etils import epath
 
@@ -116,11 +117,7 @@ def evaluate(config: ml_collections.ConfigDict, model: Any, variables: Any, mesh
     from jaxseg.data import pipeline  # pylint: disable=g-import-not-at-top  (imports TF)
     batches = pipeline.eval_iterator(config, mesh, split)
   if progress and jax.process_index() == 0:
-    try:
-      import tqdm  # pylint: disable=g-import-not-at-top
-      batches = tqdm.tqdm(batches, desc=f'eval {split}', unit='batch', leave=False)
-    except ImportError:
-      pass
+    batches = tqdm.tqdm(batches, desc=f'eval {split}', unit='batch', leave=False)
   for batch in batches:
     cm, image_cm = step_fn(variables, batch['image'], batch['label'], batch['valid'], cm)
     per_image.append(image_cm)
