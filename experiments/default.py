@@ -23,7 +23,17 @@ def get_config() -> ml_collections.ConfigDict:
   # ResNet bottleneck / VGG block's convs; PSPNet-101 at 473: 2663 -> 868 MiB a crop, +24% flops) |
   # 'stage' (each ResNet layer1..4 / VGG block with its pool). Parameters are the same.
   config.model.remat = 'none'
-  config.model.init_from = ''  # Converted (.npz) or raw torchvision (.pth) backbone weights; '' = random.
+  # Pretrained weights: a backbone (torchvision/semseg .pth, Caffe .caffemodel, converted .npz)
+  # or a whole trained model (an FCN/PSPNet .caffemodel, a semseg checkpoint, a jaxseg workdir or
+  # one of its checkpoint folders, e.g. FCN-16s from a trained FCN-32s workdir); '' = random.
+  config.model.init_from = ''
+  # PSPNet's ResNet: 'torchvision' (7x7 stem, torchvision's dilation) | 'semseg' (the authors':
+  # deep 3x3 x3 stem, every layer3/layer4 block dilated; hszhao/semseg) | 'caffe' (deep stem,
+  # stride on the 1x1 convs, as the authors' Caffe models).
+  config.model.backbone = 'torchvision'
+  # FCN: pool4/pool3 are multiplied by these before scoring (at-once FCN-8s: 0.01, 0.0001).
+  config.model.skip_scales = (1.0, 1.0)
+  config.model.learn_upsampling = False  # FCN: False = bilinear upsampling frozen (the reference).
 
   # ---------------------------------------------------------------- data
   config.data = ml_collections.ConfigDict()
@@ -42,6 +52,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.rotate_degrees = 0.0  # PSPNet: 10.
   config.data.blur_prob = 0.0  # PSPNet: 0.5 (Gaussian blur).
   config.data.photometric = False  # Brightness/contrast/saturation jitter.
+  # Order and placement of the train augmentation: 'jaxseg' (blur, scale, rotate+crop, flip;
+  # crop padding bottom/right) | 'semseg' (hszhao/semseg transform.py: scale, rotate with p 0.5,
+  # blur, flip, crop with centred padding).
+  config.data.augmentation = 'jaxseg'
   config.data.shuffle_buffer = 1024
   config.data.prefetch = 2  # Batches prefetched to the devices.
   config.data.num_parallel_calls = -1  # tf.data parallelism; -1 = AUTOTUNE.
@@ -64,6 +78,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.optim.warmup_steps = 0
   config.optim.head_lr_mult = 1.0  # LR multiplier for layers not in the pretrained backbone (PSPNet: 10).
   config.optim.grad_clip_norm = 0.0  # 0 = no clipping.
+  config.optim.bias_lr_mult = 1.0  # LR multiplier of biases (the FCN Caffe solvers: 2).
+  # Weight decay on 'kernels' (not biases/BN; FCN's decay_mult 0 on biases) | 'all' (semseg's SGD).
+  config.optim.decay = 'kernels'
 
   # ---------------------------------------------------------------- training loop
   config.train = ml_collections.ConfigDict()
@@ -82,6 +99,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval = ml_collections.ConfigDict()
   config.eval.batch_size = 8  # Global eval batch; the last batch is padded, never dropped.
   config.eval.mode = 'whole'  # whole | slide | multiscale
+  # multiscale: each image's long side is resized to base_size x scale (semseg's test.py; VOC and
+  # ADE20K 512, Cityscapes 2048); 0 = the image's own long side x scale.
+  config.eval.base_size = 0
   config.eval.crop_size = (473, 473)  # Slide window size.
   config.eval.stride = (316, 316)  # Slide window stride (PSPNet: 2/3 of the crop).
   config.eval.scales = (1.0,)  # Multi-scale factors (PSPNet: 0.5, 0.75, 1.0, 1.25, 1.5, 1.75).

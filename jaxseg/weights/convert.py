@@ -62,6 +62,9 @@ class PretrainedWeights:
   skipped: tuple[str, ...]  # torchvision tensors intentionally not converted.
   normalization: dict[str, Any]
   path: str = ''  # The file it was read from ('' when built in memory).
+  # Model fields the weights fix (e.g. {'backbone': 'caffe'} for PSPNet's Caffe models,
+  # {'skip_scales': (0.01, 0.0001)} for FCN-8s at-once); checked against / applied to the config.
+  model_fields: dict[str, Any] = dataclasses.field(default_factory=dict)
 
   @property
   def num_values(self) -> int:
