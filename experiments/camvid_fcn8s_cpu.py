@@ -20,6 +20,7 @@ def get_config():
   config.model.width = 0.25
   config.model.dtype = 'float32'
   config.model.dropout_rate = 0.0
+  config.model.learn_upsampling = True  # A small CPU net: its bilinear upsampling is learned.
   config.data.eval_split = 'val'
   config.data.crop_size = (160, 224)
   config.data.scale_range = (0.4, 0.7)

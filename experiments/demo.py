@@ -26,6 +26,7 @@ def get_config():
   config.model.geometry = 'same'
   config.model.sync_bn = False  # No BatchNorm in FCN.
   config.model.dropout_rate = 0.0
+  config.model.learn_upsampling = True  # A small CPU net: its bilinear upsampling is learned.
   config.data.dataset = 'synthetic_shapes'
   config.data.train_split = 'train'
   config.data.eval_split = 'val'

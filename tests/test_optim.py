@@ -67,8 +67,8 @@ def _params(seed=0):
   }
 
 
-def _run_optax(config, params, grads_seq, prefixes=('backbone',)):
-  tx, _ = optim.create_optimizer(config, prefixes)
+def _run_optax(config, params, grads_seq, prefixes=('backbone',), frozen=None):
+  tx, _ = optim.create_optimizer(config, prefixes, frozen)
   params = jax.tree.map(jnp.asarray, params)
   state = tx.init(params)
   for grads in grads_seq:
@@ -77,19 +77,26 @@ def _run_optax(config, params, grads_seq, prefixes=('backbone',)):
   return jax.tree.map(np.asarray, params)
 
 
-def _run_torch(config, params, grads_seq, head_mult, make_opt):
-  """torch.optim with four groups: (backbone|head) x (decayed kernels | undecayed rest)."""
+def _run_torch(config, params, grads_seq, head_mult, make_opt, bias_mult=1.0, frozen=()):
+  """torch.optim with one parameter group per leaf: Caffe's lr_mult / decay_mult by hand.
+
+  lr mult: head_mult outside 'backbone', x bias_mult for the leaves named bias, 0 for `frozen`
+  top-level keys; weight decay on ndim > 1 leaves (or every leaf with config.optim.decay='all').
+  """
   torch = pytest.importorskip('torch')
   flat = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(params)}
   tensors = {k: torch.nn.Parameter(torch.from_numpy(v.copy())) for k, v in flat.items()}
   schedule = optim.learning_rate_schedule(config)
   groups = []
-  for is_head in (False, True):
-    for decayed in (True, False):
-      names = [k for k, v in flat.items()
-               if k.startswith("['head']") == is_head and (v.ndim > 1) == decayed]
-      groups.append({'params': [tensors[k] for k in names], 'mult': head_mult if is_head else 1.0,
-                     'weight_decay': config.optim.weight_decay if decayed else 0.0})
+  for k, v in flat.items():
+    mult = 1.0 if k.startswith("['backbone']") else head_mult
+    if k.endswith("['bias']"):
+      mult *= bias_mult
+    if any(k.startswith(f"['{f}']") for f in frozen):
+      mult = 0.0
+    decayed = v.ndim > 1 or config.optim.decay == 'all'
+    groups.append({'params': [tensors[k]], 'mult': mult,
+                   'weight_decay': config.optim.weight_decay if decayed else 0.0})
   opt = make_opt(groups)
   for step, grads in enumerate(grads_seq):
     flat_g = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(grads)}
@@ -171,3 +178,42 @@ def test_weight_decay_skips_biases_and_batchnorm():
                              rtol=1e-6)
   np.testing.assert_array_equal(new['head']['bias'], params['head']['bias'])
   np.testing.assert_array_equal(new['backbone']['bn']['scale'], params['backbone']['bn']['scale'])
+
+
+@pytest.mark.parametrize('decay', ['kernels', 'all'])
+def test_caffe_multipliers_match_torch_groups(decay):
+  """FCN's solver (bias lr x2, frozen upsampling) and semseg's decay of every parameter."""
+  torch = pytest.importorskip('torch')
+  config = make_config(name='sgd', learning_rate=0.1, momentum=0.99, weight_decay=0.05,
+                       bias_lr_mult=2.0, head_lr_mult=10.0, decay=decay, schedule='constant')
+  params = _params()
+  params['upscore'] = {'kernel': np.ones((4, 4, 5, 5), np.float32)}
+  grads = _grads(params)
+  got = _run_optax(config, params, grads, frozen=('upscore',))
+  want = _run_torch(config, params, grads, 10.0, lambda groups: torch.optim.SGD(
+      groups, lr=0.1, momentum=0.99), bias_mult=2.0, frozen=('upscore',))
+  _compare(got, want)
+  np.testing.assert_array_equal(got['upscore']['kernel'], params['upscore']['kernel'])
+
+
+def test_fcn_upsampling_frozen_unless_learned():
+  from jaxseg import models  # pylint: disable=g-import-not-at-top
+  params = {'upscore2': {'kernel': np.ones((4, 4, 2, 2), np.float32)},
+            'score_fr': {'kernel': np.ones((1, 1, 3, 2), np.float32)}}
+  grads = [jax.tree.map(np.ones_like, params)]
+  config = make_config(name='sgd', momentum=0.0, weight_decay=0.0, schedule='constant')
+  config.model.name = 'fcn16s'
+  assert 'upscore2' in models.FIXED_UPSAMPLING['fcn16s']
+  frozen = _run_optax(config, params, grads)
+  np.testing.assert_array_equal(frozen['upscore2']['kernel'], params['upscore2']['kernel'])
+  assert not np.array_equal(frozen['score_fr']['kernel'], params['score_fr']['kernel'])
+  config.model.learn_upsampling = True
+  learned = _run_optax(config, params, grads)
+  assert not np.array_equal(learned['upscore2']['kernel'], params['upscore2']['kernel'])
+
+
+def test_bad_decay_and_multipliers_are_named():
+  with pytest.raises(ValueError, match='config.optim.decay'):
+    optim.create_optimizer(make_config(decay='biases'))
+  with pytest.raises(ValueError, match='bias_lr_mult'):
+    optim.create_optimizer(make_config(bias_lr_mult=-1.0))

@@ -49,6 +49,11 @@ MODEL_NAMES: tuple[str, ...] = tuple(_REGISTRY)
 # Top-level param keys holding the ImageNet-pretrained part (weight import; head lr multiplier).
 BACKBONE_PREFIXES: dict[str, tuple[str, ...]] = {
     name: entry.backbone_prefixes for name, entry in _REGISTRY.items()}
+# Top-level param keys of upsampling layers the reference keeps at bilinear interpolation
+# (lr_mult 0 in voc-fcn*s); trained only with config.model.learn_upsampling.
+_FCN_UPSAMPLING = {'fcn32s': ('upscore',), 'fcn16s': ('upscore2', 'upscore16'),
+                   'fcn8s': ('upscore2', 'upscore_pool4', 'upscore8')}
+FIXED_UPSAMPLING: dict[str, tuple[str, ...]] = dict(_FCN_UPSAMPLING)
 
 
 def _entry(name: str) -> _Entry:

@@ -13,8 +13,12 @@ Initialisation as the reference: the upsampling layers are transposed convolutio
 whose (C, C) kernel is bilinear interpolation on the diagonal (surgery.interp), and the class
 scoring layers score_fr / score_pool4 / score_pool3 start at zero (the paper: "we zero-initialize
 the class scoring layer"; the skip scores are zero so that adding them leaves the coarser net's
-prediction unchanged at first). All upsampling kernels are parameters (the reference freezes
-some with lr_mult 0; freezing is the optimiser's business).
+prediction unchanged at first). All upsampling kernels are parameters; the reference keeps them
+fixed (lr_mult 0), which is the optimiser's business (config.model.learn_upsampling, jaxseg.optim).
+
+At-once FCN-8s (voc-fcn8s-atonce/net.py) multiplies pool4 by 0.01 and pool3 by 0.0001 (fixed
+Scale layers) before their score layers, so the skips do not swamp the coarse scores while all
+layers train together: `skip_scales=(0.01, 0.0001)`. The staged nets use (1, 1).
 
 Upsampling semantics. Caffe's Deconvolution (= torch `conv_transpose2d`, padding 0) of stride s
 and kernel k maps n cells to (n - 1) * s + k. `ops.ConvTranspose` computes exactly that, with the
@@ -105,6 +109,8 @@ class FCN(nn.Module):
     dropout_rate: dropout after fc6 and fc7; None (or < 0) = the paper's 0.5.
     remat: 'none', 'block' (recompute each VGG block's convs in the backward pass) or 'stage'
       (also its pool); see jaxseg.models.remat. The heads, on stride >= 8 maps, are always kept.
+    skip_scales: (pool4, pool3) multipliers before score_pool4 / score_pool3 (at-once FCN-8s:
+      (0.01, 0.0001)); unused by FCN-32s.
   """
   num_classes: int
   variant: str = '8s'
@@ -114,6 +120,7 @@ class FCN(nn.Module):
   sync_bn_axis: str | None = None
   dropout_rate: float | None = None
   remat: str = 'none'
+  skip_scales: Sequence[float] = (1.0, 1.0)  # pool4, pool3 multipliers before scoring.
 
   def _check(self, x: Array) -> float:
     remat.check(self.remat)
@@ -123,6 +130,9 @@ class FCN(nn.Module):
       raise ValueError(f'FCN variant must be one of {VARIANTS}, got {self.variant!r}')
     if self.geometry not in GEOMETRIES:
       raise ValueError(f'FCN geometry must be one of {GEOMETRIES}, got {self.geometry!r}')
+    if len(self.skip_scales) != 2 or not all(s > 0 for s in self.skip_scales):
+      raise ValueError(f'FCN skip_scales must be two positive numbers (pool4, pool3), got '
+                       f'{tuple(self.skip_scales)}')
     if x.ndim != 4:
       raise ValueError(f'FCN expects NHWC images (N, H, W, C), got shape {x.shape}')
     rate = self.dropout_rate
@@ -159,13 +169,15 @@ class FCN(nn.Module):
     h = nn.Dropout(rate, deterministic=not train)(nn.relu(h))
     score = self._score(h, 'score_fr')
 
+    scale4, scale3 = (float(v) for v in self.skip_scales)
     if self.variant == '32s':
       up = self._upsample(score, 32, 'upscore')
       return crop(up, CAFFE_OFFSETS['32s'] if caffe else 16, size).astype(jnp.float32)
 
     # Fuse pool4 (x2 from stride 32 to 16).
     up = self._upsample(score, 2, 'upscore2')
-    skip = self._score(feats['pool4'], 'score_pool4')
+    pool4 = feats['pool4'] if scale4 == 1 else feats['pool4'] * scale4
+    skip = self._score(pool4, 'score_pool4')
     if caffe:
       score = up + crop(skip, CAFFE_OFFSETS['score_pool4c'], up.shape[1:3])
     else:
@@ -176,7 +188,8 @@ class FCN(nn.Module):
 
     # Fuse pool3 (x2 from stride 16 to 8).
     up = self._upsample(score, 2, 'upscore_pool4')
-    skip = self._score(feats['pool3'], 'score_pool3')
+    pool3 = feats['pool3'] if scale3 == 1 else feats['pool3'] * scale3
+    skip = self._score(pool3, 'score_pool3')
     if caffe:
       score = up + crop(skip, CAFFE_OFFSETS['score_pool3c'], up.shape[1:3])
     else:
