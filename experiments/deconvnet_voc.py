@@ -6,13 +6,15 @@
 
 Hardware assumed: 8 GPUs (global batch 64 = 8 per device, 224x224 crops).
 Paper: 69.6 mean IoU on VOC2012 test (DeconvNet alone; 70.5 with CRF, 72.5 for the EDeconvNet
-ensemble with FCN-8s + CRF), trained with extra COCO-derived instance crops.
+ensemble with FCN-8s + CRF), trained on VOC 2012 train with SBD's extra annotations and no
+external data (no COCO); inference aggregates the network over the top 50 of ~2,000 EdgeBoxes
+object proposals per image.
 Recipe: VGG16 with BatchNorm (BN starts from scratch; only convolutions are imported), SGD 0.01
 momentum 0.9 weight decay 5e-4, 224 crops of images rescaled to about half size (the paper
 resizes examples to 250x250 and crops 224), flips. The paper's two-stage curriculum
-(object-centred crops, then whole images) and its proposal-based inference (up to 2,000 object
-proposals per image, aggregated) are replaced by plain crops and sliding-window inference on the
-half-size image with the training crop, the closest image-level equivalent.
+(object-centred crops, then proposal windows) and its proposal-based inference are not
+implemented yet; this recipe uses plain crops and sliding-window inference on the half-size
+image with the training crop, the closest image-level equivalent.
 """
 import pathlib
 

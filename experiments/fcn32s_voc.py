@@ -1,19 +1,23 @@
-"""FCN-32s on PASCAL VOC (Long, Shelhamer & Darrell, CVPR 2015; PAMI 2016), reference solver.
+"""FCN-32s on PASCAL VOC, the reference solver (Long, Shelhamer & Darrell, CVPR 2015 / PAMI 2017).
 
-  jaxseg convert-weights --arch vgg16 --input vgg16-397923af.pth --output weights/vgg16.npz
   jaxseg train --config experiments/fcn32s_voc.py --workdir workdirs/fcn32s_voc \
-      --config.model.init_from=weights/vgg16.npz
+      --config.model.init_from=weights/VGG_ILSVRC_16_layers.caffemodel
 
-Hardware assumed: 1 GPU (batch 1, whole images, as the reference `voc-fcn32s` solver). On N
-devices set --config.train.batch_size=N (the loss is FCN's unnormalised sum, so also divide the
-learning rate by N).
-Paper: 63.6 mean IU on seg11valid (PAMI / fcn.berkeleyvision.org; 59.4 in the CVPR version's
-Table 2 on its VOC2011 val subset). The reference trained on SBD train (8,498 images); train_aug
-(10,582, disjoint from seg11valid) is used here.
-Recipe: caffe geometry (pad 100 + offset crops), caffe input (BGR, mean-subtracted 0-255: use a
-caffe-converted VGG16 to match exactly; torchvision weights expect
---config.data.normalization=imagenet), no augmentation, SGD lr 1e-10 momentum 0.99 on the
-unnormalised loss, weight decay 5e-4, fixed lr, 100k iterations.
+The first stage of FCN's staged training; fcn16s_voc.py continues from this workdir, then
+fcn8s_voc.py. `init_from` takes the original Caffe VGG16 (VGG_ILSVRC_16_layers.caffemodel, or
+FCN's surgery'd vgg16-fcn.caffemodel): fc6/fc7 become the 7x7/1x1 convolutions as in FCN's
+surgery. For torchvision's VGG16 use fcn32s_voc_torchvision.py.
+Hardware assumed: 1 GPU (batch 1, whole images, as the reference). On N devices set
+--config.train.batch_size=N and divide the learning rate by N (the loss is a sum).
+Paper: 63.6 mean IU on seg11valid (PAMI Table 3 / fcn.berkeleyvision.org voc-fcn32s; the CVPR
+version's 59.4 is on its VOC2011 val subset, a different split).
+Recipe as shelhamer/fcn.berkeleyvision.org voc-fcn32s/{net.py,solver.prototxt,solve.py}: trained
+on SBD train (8,498 images, `sbd_train`), scored on seg11valid (736) every 4,000 iterations;
+Caffe geometry (conv1_1 pad 100, offset crops), BGR mean-subtracted 0-255 input, no augmentation
+(whole images; static shapes pad them to 500x500 with ignored labels), dropout 0.5; SGD lr 1e-10
+fixed, momentum 0.99, weight decay 5e-4 on weights only, biases lr x2 (lr_mult 2, decay_mult 0),
+the bilinear upsampling fixed (lr_mult 0), the unnormalised (summed) loss, 100k iterations.
+The full parameter-by-parameter comparison is docs/fidelity.md.
 """
 import pathlib
 
@@ -26,7 +30,8 @@ def get_config():
   config.model.geometry = 'caffe'
   config.model.dtype = 'bfloat16'
   config.model.sync_bn = False  # VGG16 has no BatchNorm.
-  config.data.train_split = 'train_aug'
+  config.model.learn_upsampling = False
+  config.data.train_split = 'sbd_train'
   config.data.eval_split = 'seg11valid'
   config.data.normalization = 'caffe'
   config.data.crop_size = (500, 500)  # VOC images are at most 500x500: whole images, padded.
@@ -37,6 +42,8 @@ def get_config():
   config.optim.learning_rate = 1e-10
   config.optim.momentum = 0.99
   config.optim.weight_decay = 5e-4
+  config.optim.decay = 'kernels'
+  config.optim.bias_lr_mult = 2.0
   config.optim.schedule = 'constant'
   config.train.batch_size = 1
   config.train.num_steps = 100_000

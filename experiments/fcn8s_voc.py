@@ -1,15 +1,16 @@
-"""FCN-8s on PASCAL VOC (Long, Shelhamer & Darrell, CVPR 2015; PAMI 2016).
+"""FCN-8s on PASCAL VOC, staged from a trained FCN-16s (Long, Shelhamer & Darrell, PAMI 2017).
 
   jaxseg train --config experiments/fcn8s_voc.py --workdir workdirs/fcn8s_voc \
-      --config.model.init_from=weights/vgg16.npz
+      --config.model.init_from=workdirs/fcn16s_voc
 
+`init_from` is the FCN-16s workdir of fcn16s_voc.py or FCN's released voc-fcn16s.caffemodel;
+shared layers are copied by name, score_pool3 starts at zero. For the released FCN-8s itself:
+  jaxseg eval --config experiments/fcn8s_voc.py --weights voc-fcn8s.caffemodel
 Hardware assumed: 1 GPU (batch 1, whole images); see fcn32s_voc.py for N devices.
-Paper: 65.5 mean IU on seg11valid (staged) and 65.4 (all-at-once), 67.2 on VOC2012 test (PAMI;
-CVPR version: 62.7 on its VOC2011 val subset, 62.2 on VOC2012 test).
-All-at-once training from the ImageNet backbone, as the reference `voc-fcn8s-atonce`, with the
-solver of fcn32s_voc.py (caffe geometry and input, SGD lr 1e-10 momentum 0.99, unnormalised loss,
-no augmentation). That reference net also scales pool4/pool3 by 0.01/0.0001 before scoring; the
-jaxseg model does not (its skip scores start at zero instead), nor does the staged reference.
+Paper: 65.5 mean IU on seg11valid (PAMI Table 3, staged), 67.2 on VOC2012 test (PAMI; the CVPR
+version: 62.7 on its VOC2011 subset, 62.2 on VOC2012 test).
+Recipe as voc-fcn8s/{net.py,solver.prototxt,solve.py}: the fcn32s_voc.py solver with lr 1e-14,
+100k iterations. The at-once alternative is fcn8s_atonce_voc.py.
 """
 import pathlib
 
@@ -19,4 +20,5 @@ from jaxseg.config_loading import load_config
 def get_config():
   config = load_config(pathlib.Path(__file__).with_name('fcn32s_voc.py'))
   config.model.name = 'fcn8s'
+  config.optim.learning_rate = 1e-14
   return config

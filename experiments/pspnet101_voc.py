@@ -1,13 +1,16 @@
-"""PSPNet-101 on PASCAL VOC 2012 (Zhao et al., CVPR 2017).
+"""PSPNet-101 on PASCAL VOC 2012 as the authors train and test it (Zhao et al., CVPR 2017).
 
-  jaxseg convert-weights --arch resnet101 --input resnet101-63fe2227.pth \
-      --output weights/resnet101.npz
   jaxseg train --config experiments/pspnet101_voc.py --workdir workdirs/pspnet101_voc \
-      --config.model.init_from=weights/resnet101.npz
+      --config.model.init_from=initmodel/resnet101_v2.pth
 
+The authors' released models evaluate with no training:
+  jaxseg eval --config experiments/pspnet101_voc.py --weights train_epoch_50.pth       (semseg)
+  jaxseg eval --config experiments/pspnet101_voc.py --weights pspnet101_VOC2012.caffemodel \
+      --config.model.backbone=caffe --config.data.normalization=caffe                  (Caffe)
 Hardware assumed: 8 GPUs (global batch 16, 473x473 crops, cross-replica BN).
-Paper: 82.6 mean IoU on VOC2012 test (85.4 with COCO pre-training); hszhao/semseg reports about
-79 on VOC2012 val. Recipe as pspnet50_voc.py.
+Published: hszhao/semseg README, VOC2012 val 79.07 single-scale / 79.63 multi-scale
+(--config.eval.scales=0.5,0.75,1.0,1.25,1.5,1.75); the paper: 82.6 on VOC2012 test (85.4 with
+COCO pre-training), multi-scale. Recipe as pspnet50_voc.py (semseg voc2012_pspnet101.yaml).
 """
 import pathlib
 

@@ -2,7 +2,8 @@
 
   jaxseg train   --config experiments/fcn8s_voc.py --workdir DIR [--config.train.batch_size=8]
   jaxseg eval    --workdir DIR [--split val] [--checkpoint best|latest|STEP]
-  jaxseg predict --workdir DIR --input IMAGES_OR_FOLDERS... --output OUT
+  jaxseg eval    --config RECIPE --weights FILE [--workdir DIR]   (released models, no training)
+  jaxseg predict --workdir DIR | --config RECIPE --weights FILE  --input IMAGES... --output OUT
   jaxseg demo    [--workdir workdirs/demo]
 
 `--config.a.b=value` overrides any field of experiments/default.py, parsed with the field's type
@@ -52,15 +53,32 @@ def _load_train_config(args: argparse.Namespace):
   return config_loading.apply_overrides(config, args.config_overrides)
 
 
-def _torch_before_tensorflow(config) -> None:
+def _torch_before_tensorflow(path: Any, field: str) -> None:
   """torchvision must be imported before TF in one process; .pth weights need torch."""
-  if str(config.model.init_from).endswith('.pth'):
+  if str(path).endswith(('.pth', '.pt')):
     try:
       import torchvision  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
     except ImportError as e:  # The optional `torch` extra: say what to do, do not go on.
-      raise ValueError(f'config.model.init_from={config.model.init_from} is a PyTorch file and '
-                       'needs PyTorch (pip install "jaxseg[torch]"); or convert it once with '
-                       '`jaxseg convert-weights` and pass the .npz') from e
+      raise ValueError(f'{field}={path} is a PyTorch file and needs PyTorch (pip install '
+                       '"jaxseg[torch]"); or convert it once with `jaxseg convert-weights` and '
+                       'pass the .npz') from e
+
+
+def _restore(args: argparse.Namespace):
+  """The model to evaluate/predict: a workdir's checkpoint, or --config with --weights."""
+  from jaxseg import inference  # pylint: disable=g-import-not-at-top
+  if args.weights:
+    if not args.config:
+      raise ValueError('--weights needs --config RECIPE (the model and eval settings the '
+                       'weights are used with), e.g. --config experiments/fcn8s_voc.py')
+    _torch_before_tensorflow(args.weights, '--weights')
+    return inference.restore_weights(args.config, args.weights, args.config_overrides)
+  if args.config:
+    raise ValueError('--config is used with --weights; to evaluate a workdir pass --workdir '
+                     'alone (its saved config is used; override fields with --config.FIELD=...)')
+  if not args.workdir:
+    raise ValueError('pass --workdir DIR (a trained workdir) or --config RECIPE --weights FILE')
+  return inference.restore(args.workdir, args.checkpoint, args.config_overrides)
 
 
 def _checkpoint_arg(value: str) -> str | int:
@@ -82,7 +100,7 @@ def _print_results(results: dict[str, Any], header: str) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
   from jaxseg import train  # pylint: disable=g-import-not-at-top
   config = _load_train_config(args)
-  _torch_before_tensorflow(config)
+  _torch_before_tensorflow(config.model.init_from, 'config.model.init_from')
   final = train.train_and_evaluate(config, args.workdir,
                                    allow_config_change=args.allow_config_change)
   summary = ', '.join(f'{k} {v:.4f}' for k, v in final.items()
@@ -96,18 +114,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
   # One process per host, as `jaxseg train`: each reads its share of the split and the
   # confusion matrix is summed across hosts. Must run before anything touches a device.
   launch.initialize_from_environment()
-  restored = inference.restore(args.workdir, args.checkpoint, args.config_overrides)
+  restored = _restore(args)
   config, step = restored.config, restored.step
+  source = args.weights or f'step {step}'
+  step = None if args.weights else step
   split = args.split or config.data.eval_split
   start = time.perf_counter()
   results = inference.evaluate(config, restored.model, restored.variables, restored.mesh, split,
                                workdir=args.workdir, step=step, progress=True)
   seconds = time.perf_counter() - start
-  _print_results(results, f'{config.model.name} step {step} on {config.data.dataset} {split} '
+  _print_results(results, f'{config.model.name} {source} on {config.data.dataset} {split} '
                  f'({results["num_images"]} images, eval.mode={config.eval.mode}, '
                  f'{seconds:.1f} s):')
   import jax  # pylint: disable=g-import-not-at-top
-  if jax.process_index() == 0:  # The only process that writes it.
+  if args.workdir and jax.process_index() == 0:  # The only process that writes it.
     print(f'wrote {inference.results_path(args.workdir, split, step)}')
   return 0
 
@@ -115,11 +135,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
   from jaxseg import inference  # pylint: disable=g-import-not-at-top
   from jaxseg.data import classes  # pylint: disable=g-import-not-at-top
-  restored = inference.restore(args.workdir, args.checkpoint, args.config_overrides)
+  restored = _restore(args)
   config = restored.config
   predictor = inference.predictor_from_config(config, restored.model, restored.variables,
                                               bucket=args.bucket)
-  print(f'{config.model.name} step {restored.step}, eval.mode={config.eval.mode}')
+  source = args.weights or f'step {restored.step}'
+  print(f'{config.model.name} {source}, eval.mode={config.eval.mode}')
   written = inference.predict_files(predictor, args.input, args.output,
                                     classes.palette_for(config.data.dataset))
   return 1 if written['failed'] else 0
@@ -201,15 +222,21 @@ def build_parser() -> argparse.ArgumentParser:
                  help='resume a workdir even if its model/data config differs')
   p.set_defaults(func=cmd_train)
 
-  p = sub.add_parser('eval', parents=[common], help='evaluate a trained workdir')
-  p.add_argument('--workdir', required=True)
+  weights_help = ('a trained model\'s weights (FCN/PSPNet .caffemodel, semseg .pth checkpoint, '
+                  'converted .npz), with --config; instead of a workdir\'s checkpoint')
+  p = sub.add_parser('eval', parents=[common], help='evaluate a trained workdir or weights file')
+  p.add_argument('--workdir', help='trained workdir (with --weights: where eval/ results go)')
+  p.add_argument('--config', help='recipe for --weights, e.g. experiments/pspnet101_voc.py')
+  p.add_argument('--weights', help=weights_help)
   p.add_argument('--split', help='dataset split (default: config.data.eval_split)')
   p.add_argument('--checkpoint', type=_checkpoint_arg, default='best',
                  help='best (by eval mean IoU; latest if none evaluated), latest or a step')
   p.set_defaults(func=cmd_eval)
 
   p = sub.add_parser('predict', parents=[common], help='segment image files')
-  p.add_argument('--workdir', required=True)
+  p.add_argument('--workdir', help='trained workdir')
+  p.add_argument('--config', help='recipe for --weights')
+  p.add_argument('--weights', help=weights_help)
   p.add_argument('--input', required=True, nargs='+', help='image files or folders of images')
   p.add_argument('--output', required=True, help='folder for <name>.png and <name>_overlay.png')
   p.add_argument('--checkpoint', type=_checkpoint_arg, default='best')

@@ -89,6 +89,9 @@ def build_model(config: ml_collections.ConfigDict) -> nn.Module:
     kwargs['dropout_rate'] = config.model.dropout_rate
   if config.model.name.startswith('fcn'):
     kwargs['geometry'] = config.model.geometry
+    kwargs['skip_scales'] = tuple(float(v) for v in config.model.skip_scales)
+  if config.model.name.startswith('pspnet'):
+    kwargs['backbone'] = config.model.backbone
   return models.create_model(config.model.name, num_classes=config.data.num_classes, **kwargs)
 
 
@@ -392,12 +395,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   model = build_model(config)
   preflight.check_model(config, model)
   preflight.check_data(config, jax.process_count())
+  if not _has_checkpoints(workdir):  # A resumed run restores its state, not init_from.
+    from jaxseg import weights  # pylint: disable=g-import-not-at-top
+    weights.check_init_from(config)
   checkpointer = checkpoint_lib.Checkpointer(workdir, config.train.keep_checkpoints)
   try:
     return _train(config, model, workdir, checkpointer, allow_config_change)
   finally:
     checkpointer.wait()  # A save in flight (the last good state) completes even on errors.
     checkpointer.close()
+
+
+def _has_checkpoints(workdir: epath.Path) -> bool:
+  folder = workdir / checkpoint_lib.CHECKPOINT_DIR
+  return folder.is_dir() and any(p.name.isdigit() for p in folder.iterdir())
 
 
 def _train(config: ml_collections.ConfigDict, model: nn.Module, workdir: epath.Path,

@@ -55,6 +55,25 @@ def test_eval_restores_checkpoint_and_prints_table(trained, capsys):
   assert (trained / 'eval' / 'val_step3.json').is_file()
 
 
+def test_eval_of_a_weights_file_equals_eval_of_its_workdir(trained, tmp_path, capsys):
+  """convert-weights from a workdir, then `eval --config --weights`: the same scores, no workdir."""
+  npz = tmp_path / 'demo.npz'
+  assert cli.main(['convert-weights', '--input', str(trained / 'checkpoints' / '3'),
+                   '--output', str(npz)]) == 0
+  assert 'of fcn8s from' in capsys.readouterr().out
+  data = [o for o in tiny_overrides(trained.parent / 'tfds') if 'data_dir' in o or 'dataset' in o
+          or 'width' in o or 'eval_size' in o or 'eval.batch' in o]
+  assert cli.main(['eval', '--workdir', str(trained), '--checkpoint', '3']) == 0
+  from_workdir = capsys.readouterr().out
+  assert cli.main(['eval', '--config', DEMO, '--weights', str(npz), *data]) == 0
+  from_weights = capsys.readouterr().out
+  assert f'fcn8s {npz} on synthetic_shapes/tiny val' in from_weights
+  table = lambda text: text[text.index('mean IoU'):].split('\nwrote ')[0].strip()
+  assert table(from_weights) == table(from_workdir)
+  assert cli.main(['eval', '--weights', str(npz)]) == 2
+  assert '--weights needs --config' in capsys.readouterr().err
+
+
 def test_predict_any_image_reports_bad_files(trained, tmp_path, capsys):
   rng = np.random.default_rng(0)
   inputs = tmp_path / 'in'

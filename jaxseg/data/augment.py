@@ -11,6 +11,13 @@ Photometric ops expect RGB pixel values in [0, 255] and leave the mask alone; th
 mmsegmentation's PhotoMetricDistortion (brightness ±32, contrast ×[0.5, 1.5], saturation
 ×[0.5, 1.5], hue ±18/180, each applied with probability 1/2). `gaussian_blur` is OpenCV's
 `GaussianBlur(img, (5, 5), 0)` as in PSPNet's training code (sigma 1.1, border reflect-101).
+
+The last section transcribes hszhao/semseg util/transform.py (PSPNet's training transform in
+tool/train.py) op by op, with OpenCV's sampling conventions: `rescale_cv2` (RandScale's
+cv2.resize), `rotate_cv2` / `random_rotate_p` (RandRotate's cv2.warpAffine about (w/2, h/2),
+applied with probability 1/2), `opencv_gaussian_kernel` (the kernel cv2.GaussianBlur really uses:
+for 5x5 and sigma 0 that is OpenCV's fixed binomial table [1, 4, 6, 4, 1] / 16, not a sigma-1.1
+Gaussian) and `pad_centered` / `random_crop_centered_pad` (Crop with crop_type='rand').
 """
 from __future__ import annotations
 
@@ -55,14 +62,18 @@ def random_scale(image: tf.Tensor, label: tf.Tensor, seed: tf.Tensor,
 
 
 def _rotation(degrees: tf.Tensor, height: tf.Tensor, width: tf.Tensor, top: tf.Tensor = 0,
-              left: tf.Tensor = 0) -> tf.Tensor:
+              left: tf.Tensor = 0, opencv_centre: bool = False) -> tf.Tensor:
   """Projective transform (1, 8) mapping output pixel (x, y) to the input point it samples.
 
   The output is the image rotated by `degrees` (counter-clockwise as displayed) about its centre,
-  read from (x + left, y + top) on.
+  read from (x + left, y + top) on. Pixel centres sit at integer coordinates; the centre is
+  ((w - 1) / 2, (h - 1) / 2), or with `opencv_centre` semseg's (w / 2, h / 2), half a pixel off.
   """
   theta = tf.cast(degrees, tf.float32) * (math.pi / 180.)
-  cy, cx = (tf.cast(height, tf.float32) - 1.) / 2., (tf.cast(width, tf.float32) - 1.) / 2.
+  if opencv_centre:
+    cy, cx = tf.cast(height, tf.float32) / 2., tf.cast(width, tf.float32) / 2.
+  else:
+    cy, cx = (tf.cast(height, tf.float32) - 1.) / 2., (tf.cast(width, tf.float32) - 1.) / 2.
   cos, sin = tf.cos(theta), tf.sin(theta)
   x0, y0 = tf.cast(left, tf.float32) - cx, tf.cast(top, tf.float32) - cy
   return tf.stack([cos, -sin, cos * x0 - sin * y0 + cx,
@@ -186,9 +197,13 @@ def gaussian_kernel(size: int = 5, sigma: float = 0.) -> tf.Tensor:
   return k / tf.reduce_sum(k)
 
 
-def gaussian_blur(image: tf.Tensor, size: int = 5, sigma: float = 0.) -> tf.Tensor:
-  """Separable Gaussian blur of an (H, W, C) image with reflect-101 borders (OpenCV's default)."""
-  k = gaussian_kernel(size, sigma)
+def gaussian_blur(image: tf.Tensor, size: int = 5, sigma: float = 0.,
+                  kernel: tf.Tensor | None = None) -> tf.Tensor:
+  """Separable Gaussian blur of an (H, W, C) image with reflect-101 borders (OpenCV's default).
+
+  `kernel` (length `size`) replaces `gaussian_kernel(size, sigma)`, e.g. `opencv_gaussian_kernel`.
+  """
+  k = gaussian_kernel(size, sigma) if kernel is None else kernel
   r = size // 2
   channels = image.shape[-1] or 3
   x = tf.pad(image[None], [[0, 0], [r, r], [r, r], [0, 0]], mode='REFLECT')
@@ -199,10 +214,11 @@ def gaussian_blur(image: tf.Tensor, size: int = 5, sigma: float = 0.) -> tf.Tens
   return x[0]
 
 
-def random_gaussian_blur(image: tf.Tensor, seed: tf.Tensor, prob: float, size: int = 5
-                         ) -> tf.Tensor:
-  """Blurs with probability `prob`."""
-  return tf.cond(_coin(seed, prob), lambda: gaussian_blur(image, size), lambda: image)
+def random_gaussian_blur(image: tf.Tensor, seed: tf.Tensor, prob: float, size: int = 5,
+                         kernel: tf.Tensor | None = None) -> tf.Tensor:
+  """Blurs (`gaussian_blur(image, size, kernel=kernel)`) with probability `prob`."""
+  return tf.cond(_coin(seed, prob), lambda: gaussian_blur(image, size, kernel=kernel),
+                 lambda: image)
 
 
 def adjust_brightness(image: tf.Tensor, delta: tf.Tensor) -> tf.Tensor:
@@ -233,3 +249,118 @@ def random_photometric(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     amount = _uniform(s[2 * i + 1], lo, hi)
     image = tf.cond(_coin(s[2 * i], 0.5), lambda op=op, a=amount: op(image, a), lambda: image)
   return image
+
+
+# ------------------------------------------------------------- hszhao/semseg util/transform.py
+def _linear_taps(out_size: tf.Tensor, in_size: tf.Tensor, inv_factor: tf.Tensor
+                 ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+  """cv2.resize INTER_LINEAR's source taps along one axis: (low index, high index, weight of high).
+
+  OpenCV samples output pixel d at (d + 0.5) / factor - 0.5 (the factor itself, not in/out
+  sizes, since semseg passes fx) and reads only the edge pixel beyond either end.
+  """
+  src = tf.cast((tf.cast(tf.range(out_size), tf.float64) + 0.5) * inv_factor - 0.5, tf.float32)
+  low = tf.floor(src)
+  frac = src - low
+  low = tf.cast(low, tf.int32)
+  frac = tf.where((low < 0) | (low >= in_size - 1), 0., frac)
+  low = tf.clip_by_value(low, 0, in_size - 1)
+  return low, tf.minimum(low + 1, in_size - 1), frac
+
+
+def rescale_cv2(image: tf.Tensor, label: tf.Tensor, factor: tf.Tensor
+                ) -> tuple[tf.Tensor, tf.Tensor]:
+  """`cv2.resize(x, None, fx=factor, fy=factor)`: image INTER_LINEAR, label INTER_NEAREST.
+
+  As semseg's RandScale (util/transform.py). Sides become round(side * factor) (at least 1); the
+  label reads source pixel floor(d / factor), OpenCV's nearest neighbour (not half-pixel centred).
+  """
+  factor = tf.cast(factor, tf.float64)
+  inv = 1. / factor
+  shape = tf.shape(label)
+  out = tf.maximum(tf.cast(tf.round(tf.cast(shape, tf.float64) * factor), tf.int32), 1)
+  # Horizontal pass first, then vertical, as OpenCV's separable resize.
+  x0, x1, fx = _linear_taps(out[1], shape[1], inv)
+  fx = fx[None, :, None]
+  image = tf.gather(image, x0, axis=1) * (1. - fx) + tf.gather(image, x1, axis=1) * fx
+  y0, y1, fy = _linear_taps(out[0], shape[0], inv)
+  fy = fy[:, None, None]
+  image = tf.gather(image, y0, axis=0) * (1. - fy) + tf.gather(image, y1, axis=0) * fy
+
+  def nearest(n, size):
+    src = tf.floor(tf.cast(tf.range(n), tf.float64) * inv)
+    return tf.minimum(tf.cast(src, tf.int32), size - 1)
+
+  label = tf.gather(tf.gather(label, nearest(out[0], shape[0]), axis=0),
+                    nearest(out[1], shape[1]), axis=1)
+  return image, label
+
+
+def random_rescale_cv2(image: tf.Tensor, label: tf.Tensor, seed: tf.Tensor,
+                       scale_range: Sequence[float]) -> tuple[tf.Tensor, tf.Tensor]:
+  """semseg's RandScale: `rescale_cv2` by one factor uniform in `scale_range` (aspect ratio 1)."""
+  lo, hi = float(scale_range[0]), float(scale_range[1])
+  factor = _uniform(seed, lo, hi) if hi > lo else tf.constant(lo)
+  return rescale_cv2(image, label, factor)
+
+
+def rotate_cv2(image: tf.Tensor, label: tf.Tensor, degrees: tf.Tensor, image_fill: float = 0.,
+               ignore_label: int = IGNORE_LABEL) -> tuple[tf.Tensor, tf.Tensor]:
+  """semseg's rotation: `cv2.warpAffine(x, cv2.getRotationMatrix2D((w / 2, h / 2), degrees, 1),
+  (w, h))`, image INTER_LINEAR, label INTER_NEAREST, constant borders `image_fill` / `ignore_label`.
+
+  Counter-clockwise for positive `degrees`, size kept. OpenCV rounds sample positions to 1/32
+  pixel and TF does not, so bilinear values differ by at most that much interpolation.
+  """
+  shape = tf.shape(label)
+  transform = _rotation(degrees, shape[0], shape[1], opencv_centre=True)
+  return _warp(image, label, transform, shape, image_fill, ignore_label)
+
+
+def random_rotate_p(image: tf.Tensor, label: tf.Tensor, seed: tf.Tensor, max_degrees: float,
+                    prob: float = 0.5, image_fill: float = 0., ignore_label: int = IGNORE_LABEL
+                    ) -> tuple[tf.Tensor, tf.Tensor]:
+  """semseg's RandRotate (util/transform.py): with probability `prob`, `rotate_cv2` by an angle
+  uniform in [-max_degrees, max_degrees]; otherwise both unchanged."""
+  coin_seed, angle_seed = tf.unstack(split_seed(seed, 2))
+  degrees = _uniform(angle_seed, -float(max_degrees), float(max_degrees))
+  return tf.cond(_coin(coin_seed, prob),
+                 lambda: rotate_cv2(image, label, degrees, image_fill, ignore_label),
+                 lambda: (image, label))
+
+
+def opencv_gaussian_kernel(size: int = 5, sigma: float = 0.) -> tf.Tensor:
+  """cv2.getGaussianKernel(size, sigma), which cv2.GaussianBlur uses.
+
+  For odd sizes up to 7 with sigma <= 0 OpenCV takes fixed binomial-like tables (5: [1, 4, 6, 4,
+  1] / 16), not the Gaussian of its default sigma; otherwise it is `gaussian_kernel`.
+  """
+  tables = {1: (1.,), 3: (0.25, 0.5, 0.25), 5: (0.0625, 0.25, 0.375, 0.25, 0.0625),
+            7: (0.03125, 0.109375, 0.21875, 0.28125, 0.21875, 0.109375, 0.03125)}
+  if sigma <= 0 and size in tables:
+    return tf.constant(tables[size], tf.float32)
+  return gaussian_kernel(size, sigma)
+
+
+def pad_centered(image: tf.Tensor, label: tf.Tensor, size: Sequence[int] | tf.Tensor,
+                 image_fill: float = 0., ignore_label: int = IGNORE_LABEL
+                 ) -> tuple[tf.Tensor, tf.Tensor]:
+  """Pads each side shorter than `size` (h, w) around the image, as semseg's Crop: int(pad / 2)
+  on top / left, the rest bottom / right; `image_fill` and `ignore_label`."""
+  shape = tf.shape(label)
+  pad_h = tf.maximum(size[0] - shape[0], 0)
+  pad_w = tf.maximum(size[1] - shape[1], 0)
+  paddings = [[pad_h // 2, pad_h - pad_h // 2], [pad_w // 2, pad_w - pad_w // 2]]
+  image = tf.pad(image, paddings + [[0, 0]], constant_values=image_fill)
+  label = tf.pad(label, paddings, constant_values=tf.cast(ignore_label, label.dtype))
+  return image, label
+
+
+def random_crop_centered_pad(image: tf.Tensor, label: tf.Tensor, seed: tf.Tensor,
+                             size: Sequence[int], image_fill: float = 0.,
+                             ignore_label: int = IGNORE_LABEL) -> tuple[tf.Tensor, tf.Tensor]:
+  """semseg's Crop(size, crop_type='rand') (util/transform.py): `pad_centered`, then the `size`
+  window at offsets uniform in [0, padded side - crop side] (inclusive); static output shape."""
+  top, left = _crop_offsets(tf.shape(label), size, seed)
+  image, label = pad_centered(image, label, size, image_fill, ignore_label)
+  return crop(image, label, top, left, size)

@@ -53,6 +53,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)  # RGB, on [0, 1].
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)  # BGR, on [0, 255] (the original FCN/VGG weights).
 NORMALIZATIONS = ('imagenet', 'caffe')
+AUGMENTATIONS = ('jaxseg', 'semseg')  # config.data.augmentation: see TrainAugment.
 IGNORE_LABEL = augment.IGNORE_LABEL
 
 
@@ -311,7 +312,15 @@ def _options() -> tf.data.Options:
 # ------------------------------------------------------------------------------------------ train
 @dataclasses.dataclass(frozen=True)
 class TrainAugment:
-  """The per-example train transform, read once from config.data."""
+  """The per-example train transform, read once from config.data.
+
+  `augmentation` 'jaxseg': photometric, blur, scale, rotate + pad bottom/right + crop (fused),
+  flip. 'semseg': PSPNet's train_transform of hszhao/semseg tool/train.py with the ops of
+  util/transform.py in its order: RandScale, RandRotate (probability 1/2), RandomGaussianBlur
+  (probability blur_prob, 0.5 there), RandomHorizontalFlip, Crop('rand') with centred padding,
+  each with OpenCV's conventions (augment.py); semseg has no photometric jitter, which runs first
+  here when config.data.photometric is set. Both fill with the mean pixel and ignore_label.
+  """
   crop_size: tuple[int, int]
   scale_range: tuple[float, float]
   hflip: bool
@@ -320,6 +329,7 @@ class TrainAugment:
   photometric: bool
   normalization: str
   ignore_label: int = IGNORE_LABEL
+  augmentation: str = 'jaxseg'
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> 'TrainAugment':
@@ -337,13 +347,18 @@ class TrainAugment:
     if d.rotate_degrees < 0:
       raise ValueError(f'config.data.rotate_degrees={d.rotate_degrees} must be >= 0.')
     _check_method(d.normalization)
+    if d.augmentation not in AUGMENTATIONS:
+      raise ValueError(f'config.data.augmentation={d.augmentation!r} is unknown; use one of '
+                       f'{AUGMENTATIONS}.')
     return cls(crop, scale, bool(d.hflip), float(d.rotate_degrees), float(d.blur_prob),
-               bool(d.photometric), d.normalization, int(d.ignore_label))
+               bool(d.photometric), d.normalization, int(d.ignore_label), d.augmentation)
 
   def __call__(self, image: tf.Tensor, label: tf.Tensor, seed: tf.Tensor
                ) -> tuple[tf.Tensor, tf.Tensor]:
     """image float32 RGB 0-255 (H, W, 3), label int32 (H, W) -> uint8 RGB crop, label crop."""
     seeds = augment.split_seed(seed, 6)
+    if self.augmentation == 'semseg':
+      return self._semseg(image, label, seeds)
     if self.photometric:
       image = augment.random_photometric(image, seeds[0])
     if self.blur_prob > 0:
@@ -360,6 +375,28 @@ class TrainAugment:
                                          self.ignore_label)
     if self.hflip:
       image, label = augment.random_hflip(image, label, seeds[5])
+    return _to_pixels(image, self.normalization), label
+
+  def _semseg(self, image: tf.Tensor, label: tf.Tensor, seeds: tf.Tensor
+              ) -> tuple[tf.Tensor, tf.Tensor]:
+    """semseg's order; each op keeps the seed its 'jaxseg' counterpart uses."""
+    if self.photometric:
+      image = augment.random_photometric(image, seeds[0])
+    # Centred first, so the fills below are the mean; blurring commutes with centring (a
+    # normalised kernel with reflected borders).
+    image = image - np.asarray(mean_pixel(self.normalization), np.float32)
+    if self.scale_range != (1., 1.):
+      image, label = augment.random_rescale_cv2(image, label, seeds[2], self.scale_range)
+    if self.rotate_degrees > 0:
+      image, label = augment.random_rotate_p(image, label, seeds[3], self.rotate_degrees, 0.5,
+                                             0., self.ignore_label)
+    if self.blur_prob > 0:
+      image = augment.random_gaussian_blur(image, seeds[1], self.blur_prob,
+                                           kernel=augment.opencv_gaussian_kernel(5))
+    if self.hflip:
+      image, label = augment.random_hflip(image, label, seeds[5])
+    image, label = augment.random_crop_centered_pad(image, label, seeds[4], self.crop_size, 0.,
+                                                    self.ignore_label)
     return _to_pixels(image, self.normalization), label
 
 

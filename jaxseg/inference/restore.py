@@ -1,6 +1,8 @@
-"""A trained workdir's model, ready to predict: config, model, variables, step and mesh.
+"""A trained model, ready to predict: config, model, variables, step and mesh.
 
-`eval`, `predict`, `demo`, `report` and the notebooks restore a checkpoint through `restore`.
+`eval`, `predict`, `demo`, `report` and the notebooks restore a workdir's checkpoint through
+`restore`; `restore_weights` builds a recipe's model from a released weights file (FCN's and
+PSPNet's Caffe models, a semseg checkpoint, a converted .npz) with no training.
 """
 from collections.abc import Iterable, Sequence
 import dataclasses
@@ -51,3 +53,28 @@ def restore(workdir: str | os.PathLike, which: str | int = 'best',
   config = config_loading.apply_overrides(config, overrides)
   model = train.build_model(config)
   return Restored(config, model, variables, step, mesh)
+
+
+def restore_weights(config_path: str | os.PathLike, weights_path: str | os.PathLike,
+                    overrides: Sequence[tuple[str, str]] = ()) -> Restored:
+  """The model of recipe `config_path` (plus overrides) with every variable from `weights_path`.
+
+  The file must hold a whole trained model (`load_pretrained(whole=True)`); step is 0.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from jaxseg import parallel, train, weights  # pylint: disable=g-import-not-at-top
+  config = config_loading.apply_overrides(config_loading.load_config(config_path), overrides)
+  model = train.build_model(config)
+  height, width = config.data.crop_size
+  init = model.clone(sync_bn_axis=None).init
+  variables = jax.jit(lambda: init({'params': jax.random.PRNGKey(0)},
+                                   jnp.zeros((1, height, width, 3)), train=False))()
+  variables = {'params': variables['params'], 'batch_stats': variables.get('batch_stats', {})}
+  variables, _ = weights.load_pretrained(
+      variables, weights_path, config.model.name, backbone=config.model.backbone,
+      normalization=config.data.normalization,
+      model_fields=weights.model_fields_of(config), whole=True)
+  mesh = parallel.create_mesh()
+  variables = jax.device_put(jax.device_get(variables), parallel.replicated(mesh))
+  return Restored(config, model, variables, 0, mesh)

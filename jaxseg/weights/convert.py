@@ -1,4 +1,9 @@
-"""torchvision state dict -> jaxseg Flax variables, for vgg16, resnet50 and resnet101.
+"""Weights archs jaxseg knows, and torchvision state dict -> Flax variables (vgg16, resnet50/101).
+
+An arch names what a weights file holds: a backbone (`BACKBONE_ARCHS`: torchvision's vgg16 /
+resnet50 / resnet101, semseg's deep-stem resnet50_semseg / resnet101_semseg) or a whole trained
+model (`MODEL_ARCHS`: the jaxseg model names, e.g. FCN's and PSPNet's released Caffe models, a
+semseg checkpoint, a jaxseg workdir). `accepted_archs(model, backbone)` says which a model loads.
 
 The mapping is explicit: every tensor of a torchvision state dict is either converted to one
 Flax leaf, intentionally skipped (the ImageNet classifier), or ignored (`num_batches_tracked`,
@@ -27,13 +32,40 @@ import numpy as np
 from jaxseg.models import resnet
 from jaxseg.models import vgg
 
-ARCHS: tuple[str, ...] = ('vgg16', 'resnet50', 'resnet101')
+TORCHVISION_ARCHS: tuple[str, ...] = ('vgg16', 'resnet50', 'resnet101')
+BACKBONE_ARCHS: tuple[str, ...] = TORCHVISION_ARCHS + ('resnet50_semseg', 'resnet101_semseg')
+MODEL_ARCHS: tuple[str, ...] = ('fcn32s', 'fcn16s', 'fcn8s', 'deconvnet', 'pspnet50', 'pspnet101')
+ARCHS: tuple[str, ...] = BACKBONE_ARCHS + MODEL_ARCHS
 
-# Which torchvision backbone each jaxseg model imports.
+# The torchvision backbone each jaxseg model imports (its default backbone).
 MODEL_ARCH: dict[str, str] = {
     'fcn32s': 'vgg16', 'fcn16s': 'vgg16', 'fcn8s': 'vgg16', 'deconvnet': 'vgg16',
     'pspnet50': 'resnet50', 'pspnet101': 'resnet101',
 }
+# Staged FCN training: a finer FCN starts from the next coarser one (shared layers by name).
+STAGED_FROM: dict[str, str] = {'fcn16s': 'fcn32s', 'fcn8s': 'fcn16s'}
+_PSPNET_BACKBONE_ARCH = {'torchvision': '', 'semseg': '_semseg', 'caffe': None}
+
+
+def accepted_archs(model_name: str, backbone: str = 'torchvision') -> tuple[str, ...]:
+  """The weights archs `model_name` can start from (config.model.backbone for PSPNet)."""
+  if model_name not in MODEL_ARCH:
+    raise ValueError(f'model {model_name!r} has no weights import; known models: '
+                     f'{", ".join(MODEL_ARCH)}')
+  if model_name.startswith('pspnet'):
+    if backbone not in _PSPNET_BACKBONE_ARCH:
+      raise ValueError(f'config.model.backbone={backbone!r}; use one of '
+                       f'{tuple(_PSPNET_BACKBONE_ARCH)}')
+    suffix = _PSPNET_BACKBONE_ARCH[backbone]
+    # The Caffe ResNet's ImageNet weights were never released: only whole Caffe models load.
+    return (model_name,) if suffix is None else (MODEL_ARCH[model_name] + suffix, model_name)
+  staged = (STAGED_FROM[model_name],) if model_name in STAGED_FROM else ()
+  return (MODEL_ARCH[model_name], model_name) + staged
+
+
+def is_model_arch(arch: str) -> bool:
+  """True when weights of `arch` hold a whole model (heads included), not only a backbone."""
+  return arch in MODEL_ARCHS
 
 # The input normalisation every torchvision ImageNet model was trained with: RGB pixels scaled
 # to [0, 1] ('scale' is the pixel value range before mean/std), then (x - mean) / std.
@@ -145,7 +177,7 @@ def conversion_rules(arch: str) -> list[tuple[str, str, Transform]]:
     return _vgg16_rules()
   if arch in _RESNET_DEPTH:
     return _resnet_rules(_RESNET_DEPTH[arch])
-  raise ValueError(f'unknown arch {arch!r}; supported: {", ".join(ARCHS)}')
+  raise ValueError(f'unknown torchvision arch {arch!r}; supported: {", ".join(TORCHVISION_ARCHS)}')
 
 
 def skipped_tensors(arch: str) -> tuple[str, ...]:
@@ -160,7 +192,7 @@ def _is_ignored(name: str) -> bool:
 def guess_arch(names: Any) -> str | None:
   """The arch whose torchvision state dict has exactly these tensor names, else None."""
   names = {n for n in names if not _is_ignored(n)}
-  for arch in ARCHS:
+  for arch in TORCHVISION_ARCHS:
     expected = {rule[0] for rule in conversion_rules(arch)} | set(_SKIPPED[arch])
     if names == expected:
       return arch

@@ -1,4 +1,11 @@
-"""Reading and writing backbone weight files: torchvision `.pth` and jaxseg's converted `.npz`.
+"""Reading weights from every source jaxseg imports, and writing the converted `.npz`.
+
+  .pth / .pt     torchvision ImageNet state dicts (vgg16, resnet50/101), semseg's ImageNet
+                 backbones (resnet*_v2.pth) and trained PSPNet checkpoints (weights/semseg.py)
+  .caffemodel    Caffe's VGG_ILSVRC_16_layers, FCN's and PSPNet's released models
+                 (weights/caffe_proto.py reads protobuf's wire format; caffe_fcn.py, caffe_pspnet.py)
+  .npz           written by `jaxseg convert-weights` from any of these (NumPy only)
+  a folder       a jaxseg workdir or one of its checkpoints (weights/workdir.py)
 
 `.pth` files are read with `torch.load(..., weights_only=True)`: only tensors and plain
 containers are unpickled, never arbitrary code. `.npz` files are written by
@@ -10,6 +17,7 @@ name of each array.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Mapping
@@ -19,20 +27,34 @@ import numpy as np
 from etils import epath
 
 from jaxseg import storage
+from jaxseg.weights import caffe_fcn
+from jaxseg.weights import caffe_proto
+from jaxseg.weights import caffe_pspnet
 from jaxseg.weights import convert
+from jaxseg.weights import semseg
+from jaxseg.weights import workdir
 
 META_KEY = '__jaxseg_weights__'
 FORMAT_VERSION = 1
 TORCH_SUFFIXES = ('.pth', '.pt')
+CAFFE_SUFFIX = '.caffemodel'
+SUFFIXES = (*TORCH_SUFFIXES, CAFFE_SUFFIX, '.npz')
+PSPNET_CAFFE_STEM = 'conv1_1_3x3_s2'  # The first layer of every PSPNet Caffe model.
 
 
 def _check_path(path: str | os.PathLike) -> epath.Path:
   path = storage.resolve(path)
+  if path.is_dir():
+    if workdir.is_checkpoint_path(path):
+      return path
+    raise ValueError(f'weights {path} is a folder but not a jaxseg workdir (no checkpoints/) nor '
+                     'a checkpoint folder (workdir/checkpoints/STEP)')
   if not path.is_file():
     raise FileNotFoundError(f'weights file {path} does not exist')
-  if path.suffix not in (*TORCH_SUFFIXES, '.npz'):
-    raise ValueError(f'weights file {path}: unsupported suffix {path.suffix!r}; use a torchvision '
-                     '.pth/.pt state dict or a .npz written by `jaxseg convert-weights`')
+  if path.suffix not in SUFFIXES:
+    raise ValueError(f'weights file {path}: unsupported suffix {path.suffix!r}; use a PyTorch '
+                     '.pth/.pt (torchvision, semseg), a Caffe .caffemodel, a .npz written by '
+                     '`jaxseg convert-weights`, or a jaxseg workdir')
   return path
 
 
@@ -55,6 +77,8 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
   except Exception as e:  # torch/pickle/zipfile raise many types for corrupt or unsafe files.
     raise ValueError(f'cannot read PyTorch weights file {path} (corrupt, truncated, or not a '
                      f'weights-only state dict): {_short(e)}') from e
+  if isinstance(obj, Mapping) and isinstance(obj.get('state_dict'), Mapping):
+    obj = obj['state_dict']  # A training checkpoint (semseg: epoch, state_dict, optimizer).
   if not isinstance(obj, Mapping) or not obj:
     raise ValueError(f'{path} does not hold a state dict (a mapping of tensor names to tensors); '
                      f'got {type(obj).__name__}')
@@ -76,7 +100,8 @@ def save_npz(weights: convert.PretrainedWeights, path: str | os.PathLike) -> Non
     raise ValueError(f'output {path} must end in .npz')
   meta = {'format': FORMAT_VERSION, 'arch': weights.arch, 'normalization': weights.normalization,
           'sources': weights.sources, 'skipped': list(weights.skipped),
-          'converted_from': os.path.basename(weights.path)}
+          'model_fields': weights.model_fields,
+          'converted_from': os.path.basename(weights.path.rstrip('/'))}
   tmp = path.with_name(path.name + '.tmp')
   try:
     with tmp.open('wb') as f:  # A file object: np.savez would otherwise rename it.
@@ -102,7 +127,7 @@ def _load_npz(path: epath.Path, with_arrays: bool) -> tuple[dict[str, Any], dict
   except json.JSONDecodeError as e:
     raise ValueError(f'{path}: corrupt metadata ({_short(e)})') from e
   if (not isinstance(meta, dict) or meta.get('format') != FORMAT_VERSION
-      or meta.get('arch') not in convert.ARCHS
+      or meta.get('arch') not in convert.ARCHS or not isinstance(meta.get('sources'), dict)
       or not {'space', 'mean', 'std', 'scale'} <= set(meta.get('normalization') or {})):
     raise ValueError(f'{path}: unsupported jaxseg weights metadata; re-create the file with '
                      '`jaxseg convert-weights`')
@@ -114,7 +139,10 @@ def read_npz(path: str | os.PathLike) -> convert.PretrainedWeights:
   path = _check_path(path)
   meta, arrays = _load_npz(path, with_arrays=True)
   arch = meta['arch']
-  expected = {rule[1] for rule in convert.conversion_rules(arch)}
+  if arch in convert.TORCHVISION_ARCHS:
+    expected = {rule[1] for rule in convert.conversion_rules(arch)}
+  else:  # Every array written is listed with its source.
+    expected = set(meta['sources'])
   missing = sorted(expected - set(arrays))
   unused = sorted(set(arrays) - expected)
   if missing or unused:
@@ -125,39 +153,78 @@ def read_npz(path: str | os.PathLike) -> convert.PretrainedWeights:
   sources = meta.get('sources', {})
   return convert.PretrainedWeights(
       arch=arch, arrays=arrays, sources={k: sources.get(k, k) for k in arrays},
-      skipped=tuple(meta.get('skipped', ())), normalization=meta['normalization'], path=str(path))
+      skipped=tuple(meta.get('skipped', ())), normalization=meta['normalization'], path=str(path),
+      model_fields=_fields(meta.get('model_fields') or {}))
 
 
-def read_weights(path: str | os.PathLike, arch: str | None = None) -> convert.PretrainedWeights:
-  """Reads a `.npz` (converted) or `.pth` (torchvision) backbone file.
+def _fields(fields: Mapping[str, Any]) -> dict[str, Any]:
+  """JSON lists back to the tuples config fields hold."""
+  return {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
 
-  For a `.pth`, the arch is recognised from its tensor names; `arch` is used only when they
-  match no supported arch exactly, so the error lists the tensors missing or unused for it.
-  The caller compares the returned `.arch` with the one it needs.
+
+def read_caffemodel_weights(path: str | os.PathLike) -> convert.PretrainedWeights:
+  """A Caffe model: PSPNet's (its deep-stem layer names) or VGG16 / FCN's."""
+  path = _check_path(path)
+  layers = caffe_proto.read_caffemodel(path)
+  if any(layer.name == PSPNET_CAFFE_STEM for layer in layers):
+    return caffe_pspnet.pspnet_weights(layers, str(path))
+  weights = caffe_fcn.fcn_weights(layers, str(path))
+  if convert.is_model_arch(weights.arch):
+    # FCN's Caffe nets: pad 100 and offset crops; skips unscaled unless the file's Scale layers
+    # (at-once FCN-8s) say otherwise.
+    weights = dataclasses.replace(weights, model_fields={
+        'geometry': 'caffe', 'skip_scales': (1.0, 1.0), **weights.model_fields})
+  return weights
+
+
+def read_torch_weights(path: str | os.PathLike, arch: str | None = None
+                       ) -> convert.PretrainedWeights:
+  """A `.pth`: torchvision's ImageNet state dicts, or semseg's backbones and checkpoints.
+
+  torchvision's arch is recognised from its tensor names; `arch` is used only when they match
+  nothing, so the error lists the tensors missing or unused for it.
   """
   path = _check_path(path)
-  if path.suffix == '.npz':
-    return read_npz(path)
   state_dict = read_state_dict(path)
-  found = convert.guess_arch(state_dict) or arch
+  found = convert.guess_arch(state_dict)
+  if found is None and (semseg.is_semseg_backbone(state_dict) or semseg.is_semseg_pspnet(state_dict)):
+    return semseg.convert_semseg(state_dict, str(path))
+  found = found or (arch if arch in convert.TORCHVISION_ARCHS else None)
   if found is None:
-    raise ValueError(f'{path} is not a torchvision {"/".join(convert.ARCHS)} state dict; first '
-                     f'tensors: {convert.format_names(list(state_dict), 5)}')
+    raise ValueError(f'{path} is neither a torchvision {"/".join(convert.TORCHVISION_ARCHS)} '
+                     'state dict nor a semseg ResNet/PSPNet checkpoint; first tensors: '
+                     f'{convert.format_names(list(state_dict), 5)}')
   return convert.convert_state_dict(state_dict, found, str(path))
 
 
-def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
-  """{'arch', 'normalization'} of a weights file without loading its arrays.
+def read_weights(path: str | os.PathLike, arch: str | None = None) -> convert.PretrainedWeights:
+  """Reads weights from any supported source (see the module docstring).
 
-  `.npz`: as recorded by convert-weights. `.pth`: arch None (known only once the tensors are
-  read) and torchvision's ImageNet normalisation (RGB in [0, 1], ImageNet mean/std), which all
-  its models share.
+  The caller compares the returned `.arch` with the archs it accepts (`convert.accepted_archs`).
   """
   path = _check_path(path)
-  if path.suffix != '.npz':
-    return {'arch': None, 'normalization': dict(convert.TORCHVISION_NORMALIZATION)}
-  meta = _load_npz(path, with_arrays=False)[0]
-  return {'arch': meta['arch'], 'normalization': meta['normalization']}
+  if path.is_dir():
+    return workdir.read_workdir_weights(path)
+  if path.suffix == '.npz':
+    return read_npz(path)
+  if path.suffix == CAFFE_SUFFIX:
+    return read_caffemodel_weights(path)
+  return read_torch_weights(path, arch)
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+  """{'arch', 'normalization', 'model_fields'} of a weights source.
+
+  `.npz`: as recorded by convert-weights, without loading its arrays; other sources are read.
+  """
+  path = _check_path(path)
+  if path.is_file() and path.suffix == '.npz':
+    meta = _load_npz(path, with_arrays=False)[0]
+    return {'arch': meta['arch'], 'normalization': meta['normalization'],
+            'model_fields': _fields(meta.get('model_fields') or {})}
+  weights = read_weights(path)
+  return {'arch': weights.arch, 'normalization': weights.normalization,
+          'model_fields': weights.model_fields}
 
 
 def weights_normalization(path: str | os.PathLike) -> dict[str, Any]:
