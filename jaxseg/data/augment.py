@@ -9,15 +9,15 @@ with `image_fill` (the pipeline works on mean-centred images, so 0 = the dataset
 
 Photometric ops expect RGB pixel values in [0, 255] and leave the mask alone; they follow
 mmsegmentation's PhotoMetricDistortion (brightness ±32, contrast ×[0.5, 1.5], saturation
-×[0.5, 1.5], hue ±18/180, each applied with probability 1/2). `gaussian_blur` is OpenCV's
-`GaussianBlur(img, (5, 5), 0)` as in PSPNet's training code (sigma 1.1, border reflect-101).
+×[0.5, 1.5], hue ±18/180, each applied with probability 1/2). `gaussian_blur` is
+cv2.GaussianBlur(img, (5, 5), 0) as in PSPNet's training code: border reflect-101 and
+`gaussian_kernel` = cv2.getGaussianKernel, which for odd sizes up to 7 with sigma 0 is a fixed
+table (5: [1, 4, 6, 4, 1] / 16), not the Gaussian of OpenCV's default-sigma formula.
 
 The last section transcribes hszhao/semseg util/transform.py (PSPNet's training transform in
 tool/train.py) op by op, with OpenCV's sampling conventions: `rescale_cv2` (RandScale's
 cv2.resize), `rotate_cv2` / `random_rotate_p` (RandRotate's cv2.warpAffine about (w/2, h/2),
-applied with probability 1/2), `opencv_gaussian_kernel` (the kernel cv2.GaussianBlur really uses:
-for 5x5 and sigma 0 that is OpenCV's fixed binomial table [1, 4, 6, 4, 1] / 16, not a sigma-1.1
-Gaussian) and `pad_centered` / `random_crop_centered_pad` (Crop with crop_type='rand').
+applied with probability 1/2) and `pad_centered` / `random_crop_centered_pad` (Crop with crop_type='rand').
 """
 from __future__ import annotations
 
@@ -189,7 +189,15 @@ def random_hflip(image: tf.Tensor, label: tf.Tensor, seed: tf.Tensor
 
 # ------------------------------------------------------------------------------- image-only ops
 def gaussian_kernel(size: int = 5, sigma: float = 0.) -> tf.Tensor:
-  """Normalised 1-D Gaussian; sigma <= 0 picks OpenCV's default 0.3 * ((size - 1) / 2 - 1) + 0.8."""
+  """cv2.getGaussianKernel(size, sigma): what cv2.GaussianBlur uses.
+
+  For odd sizes up to 7 with sigma <= 0 OpenCV takes fixed tables (5: [1, 4, 6, 4, 1] / 16);
+  otherwise the normalised Gaussian, sigma <= 0 meaning 0.3 * ((size - 1) / 2 - 1) + 0.8.
+  """
+  tables = {1: (1.,), 3: (0.25, 0.5, 0.25), 5: (0.0625, 0.25, 0.375, 0.25, 0.0625),
+            7: (0.03125, 0.109375, 0.21875, 0.28125, 0.21875, 0.109375, 0.03125)}
+  if sigma <= 0 and size in tables:
+    return tf.constant(tables[size], tf.float32)
   if sigma <= 0:
     sigma = 0.3 * ((size - 1) * 0.5 - 1) + 0.8
   x = tf.range(size, dtype=tf.float32) - (size - 1) / 2.
@@ -197,13 +205,9 @@ def gaussian_kernel(size: int = 5, sigma: float = 0.) -> tf.Tensor:
   return k / tf.reduce_sum(k)
 
 
-def gaussian_blur(image: tf.Tensor, size: int = 5, sigma: float = 0.,
-                  kernel: tf.Tensor | None = None) -> tf.Tensor:
-  """Separable Gaussian blur of an (H, W, C) image with reflect-101 borders (OpenCV's default).
-
-  `kernel` (length `size`) replaces `gaussian_kernel(size, sigma)`, e.g. `opencv_gaussian_kernel`.
-  """
-  k = gaussian_kernel(size, sigma) if kernel is None else kernel
+def gaussian_blur(image: tf.Tensor, size: int = 5, sigma: float = 0.) -> tf.Tensor:
+  """cv2.GaussianBlur(image, (size, size), sigma) of an (H, W, C) image (reflect-101 borders)."""
+  k = gaussian_kernel(size, sigma)
   r = size // 2
   channels = image.shape[-1] or 3
   x = tf.pad(image[None], [[0, 0], [r, r], [r, r], [0, 0]], mode='REFLECT')
@@ -214,11 +218,10 @@ def gaussian_blur(image: tf.Tensor, size: int = 5, sigma: float = 0.,
   return x[0]
 
 
-def random_gaussian_blur(image: tf.Tensor, seed: tf.Tensor, prob: float, size: int = 5,
-                         kernel: tf.Tensor | None = None) -> tf.Tensor:
-  """Blurs (`gaussian_blur(image, size, kernel=kernel)`) with probability `prob`."""
-  return tf.cond(_coin(seed, prob), lambda: gaussian_blur(image, size, kernel=kernel),
-                 lambda: image)
+def random_gaussian_blur(image: tf.Tensor, seed: tf.Tensor, prob: float, size: int = 5
+                         ) -> tf.Tensor:
+  """Blurs (`gaussian_blur(image, size)`) with probability `prob`."""
+  return tf.cond(_coin(seed, prob), lambda: gaussian_blur(image, size), lambda: image)
 
 
 def adjust_brightness(image: tf.Tensor, delta: tf.Tensor) -> tf.Tensor:
@@ -306,11 +309,10 @@ def random_rescale_cv2(image: tf.Tensor, label: tf.Tensor, seed: tf.Tensor,
 
 def rotate_cv2(image: tf.Tensor, label: tf.Tensor, degrees: tf.Tensor, image_fill: float = 0.,
                ignore_label: int = IGNORE_LABEL) -> tuple[tf.Tensor, tf.Tensor]:
-  """semseg's rotation: `cv2.warpAffine(x, cv2.getRotationMatrix2D((w / 2, h / 2), degrees, 1),
-  (w, h))`, image INTER_LINEAR, label INTER_NEAREST, constant borders `image_fill` / `ignore_label`.
+  """Rotates both by `degrees` (counter-clockwise) about (w / 2, h / 2), keeping the size.
 
-  Counter-clockwise for positive `degrees`, size kept. OpenCV rounds sample positions to 1/32
-  pixel and TF does not, so bilinear values differ by at most that much interpolation.
+  semseg's RandRotate body: cv2.warpAffine with cv2.getRotationMatrix2D((w / 2, h / 2), degrees,
+  1), image INTER_LINEAR, label INTER_NEAREST, constant borders `image_fill` / `ignore_label`.
   """
   shape = tf.shape(label)
   transform = _rotation(degrees, shape[0], shape[1], opencv_centre=True)
@@ -320,8 +322,10 @@ def rotate_cv2(image: tf.Tensor, label: tf.Tensor, degrees: tf.Tensor, image_fil
 def random_rotate_p(image: tf.Tensor, label: tf.Tensor, seed: tf.Tensor, max_degrees: float,
                     prob: float = 0.5, image_fill: float = 0., ignore_label: int = IGNORE_LABEL
                     ) -> tuple[tf.Tensor, tf.Tensor]:
-  """semseg's RandRotate (util/transform.py): with probability `prob`, `rotate_cv2` by an angle
-  uniform in [-max_degrees, max_degrees]; otherwise both unchanged."""
+  """semseg's RandRotate (util/transform.py): `rotate_cv2` with probability `prob`.
+
+  The angle is uniform in [-max_degrees, max_degrees]; otherwise both are returned unchanged.
+  """
   coin_seed, angle_seed = tf.unstack(split_seed(seed, 2))
   degrees = _uniform(angle_seed, -float(max_degrees), float(max_degrees))
   return tf.cond(_coin(coin_seed, prob),
@@ -329,24 +333,14 @@ def random_rotate_p(image: tf.Tensor, label: tf.Tensor, seed: tf.Tensor, max_deg
                  lambda: (image, label))
 
 
-def opencv_gaussian_kernel(size: int = 5, sigma: float = 0.) -> tf.Tensor:
-  """cv2.getGaussianKernel(size, sigma), which cv2.GaussianBlur uses.
-
-  For odd sizes up to 7 with sigma <= 0 OpenCV takes fixed binomial-like tables (5: [1, 4, 6, 4,
-  1] / 16), not the Gaussian of its default sigma; otherwise it is `gaussian_kernel`.
-  """
-  tables = {1: (1.,), 3: (0.25, 0.5, 0.25), 5: (0.0625, 0.25, 0.375, 0.25, 0.0625),
-            7: (0.03125, 0.109375, 0.21875, 0.28125, 0.21875, 0.109375, 0.03125)}
-  if sigma <= 0 and size in tables:
-    return tf.constant(tables[size], tf.float32)
-  return gaussian_kernel(size, sigma)
-
-
 def pad_centered(image: tf.Tensor, label: tf.Tensor, size: Sequence[int] | tf.Tensor,
                  image_fill: float = 0., ignore_label: int = IGNORE_LABEL
                  ) -> tuple[tf.Tensor, tf.Tensor]:
-  """Pads each side shorter than `size` (h, w) around the image, as semseg's Crop: int(pad / 2)
-  on top / left, the rest bottom / right; `image_fill` and `ignore_label`."""
+  """Pads up to at least `size` (h, w), centred as semseg's Crop (util/transform.py).
+
+  int(pad / 2) rows / columns go on top / left, the rest bottom / right; image `image_fill`,
+  label `ignore_label`. Larger sides are left as they are.
+  """
   shape = tf.shape(label)
   pad_h = tf.maximum(size[0] - shape[0], 0)
   pad_w = tf.maximum(size[1] - shape[1], 0)
@@ -359,8 +353,11 @@ def pad_centered(image: tf.Tensor, label: tf.Tensor, size: Sequence[int] | tf.Te
 def random_crop_centered_pad(image: tf.Tensor, label: tf.Tensor, seed: tf.Tensor,
                              size: Sequence[int], image_fill: float = 0.,
                              ignore_label: int = IGNORE_LABEL) -> tuple[tf.Tensor, tf.Tensor]:
-  """semseg's Crop(size, crop_type='rand') (util/transform.py): `pad_centered`, then the `size`
-  window at offsets uniform in [0, padded side - crop side] (inclusive); static output shape."""
+  """semseg's Crop(size, crop_type='rand') (util/transform.py); static output shape.
+
+  `pad_centered`, then the `size` window at offsets uniform in [0, padded side - crop side]
+  (both ends included, as random.randint).
+  """
   top, left = _crop_offsets(tf.shape(label), size, seed)
   image, label = pad_centered(image, label, size, image_fill, ignore_label)
   return crop(image, label, top, left, size)

@@ -391,8 +391,7 @@ class TrainAugment:
       image, label = augment.random_rotate_p(image, label, seeds[3], self.rotate_degrees, 0.5,
                                              0., self.ignore_label)
     if self.blur_prob > 0:
-      image = augment.random_gaussian_blur(image, seeds[1], self.blur_prob,
-                                           kernel=augment.opencv_gaussian_kernel(5))
+      image = augment.random_gaussian_blur(image, seeds[1], self.blur_prob)
     if self.hflip:
       image, label = augment.random_hflip(image, label, seeds[5])
     image, label = augment.random_crop_centered_pad(image, label, seeds[4], self.crop_size, 0.,

@@ -29,24 +29,42 @@ from jaxseg.inference import modes
 # ---------------------------------------------------------------- compiled eval step
 @functools.lru_cache(maxsize=16)
 def _eval_step(model: Any, mesh: Mesh, mode: str, crop: tuple[int, ...],
-               stride: tuple[int, ...], scales: tuple[float, ...], flip: bool, num_classes: int,
-               ignore: int, normalization: str) -> Callable[..., tuple[jax.Array, jax.Array]]:
-  """jit(shard_map(per-device step)); cached so repeated evals during training compile once."""
+               stride: tuple[int, ...], scales: tuple[float, ...], flip: bool, base_size: int,
+               num_classes: int, ignore: int, normalization: str
+               ) -> Callable[..., tuple[jax.Array, jax.Array]]:
+  """jit(shard_map(per-device step)); cached so repeated evals during training compile once.
 
-  def per_device(variables, images, labels, valid, cm):
-    if images.dtype == jnp.uint8:  # Pixels from the input pipeline: normalise on the device.
+  step(variables, images, labels, valid, heights, widths, cm) -> (cm, per-image confusion).
+  """
+
+  def per_device(variables, images, labels, valid, heights, widths, cm):
+    # Pixels from the input pipeline: normalise on the device. The canvas past each image is
+    # the mean pixel rounded to uint8 (about 0 after this); multiscale never reads it, and pads
+    # with exactly 0, the normalised mean, as test.py pads with the mean.
+    if images.dtype == jnp.uint8:
       from jaxseg.data import pipeline  # pylint: disable=g-import-not-at-top  (imports TF)
       images = pipeline.normalize(images, normalization)
     infer = modes.inference_fn(modes.model_apply_fn(model, variables), mode, crop, stride,
-                                 scales, flip)
-    pred = jnp.argmax(infer(images), axis=-1)
+                               scales, flip, base_size)
+    sizes = jnp.stack([heights, widths], axis=-1).astype(jnp.int32)
+    pred = jnp.argmax(infer(images, sizes), axis=-1)
     per_image = metrics.per_image_confusion(pred, labels, num_classes, ignore, valid)
     return cm + jax.lax.psum(per_image.sum(0), 'data'), per_image
 
   step = jax.shard_map(per_device, mesh=mesh,
-                       in_specs=(P(), P('data'), P('data'), P('data'), P()),
+                       in_specs=(P(), P('data'), P('data'), P('data'), P('data'), P('data'), P()),
                        out_specs=(P(), P('data')))
-  return jax.jit(step, donate_argnums=(4,))
+  return jax.jit(step, donate_argnums=(6,))
+
+
+def _batch_sizes(batch: dict[str, Any], mesh: Mesh) -> tuple[Any, Any]:
+  """The batch's per-image heights and widths; the whole canvas where the batch has none."""
+  if 'height' in batch and 'width' in batch:
+    return batch['height'], batch['width']
+  count, height, width = batch['image'].shape[:3]
+  shard = NamedSharding(mesh, P('data'))
+  return (jax.device_put(np.full((count,), height, np.int32), shard),
+          jax.device_put(np.full((count,), width, np.int32), shard))
 
 
 def _to_host(x: Any) -> np.ndarray:
@@ -91,7 +109,8 @@ def evaluate(config: ml_collections.ConfigDict, model: Any, variables: Any, mesh
   the last batch kept), accumulating one confusion matrix on the devices (psum over 'data',
   hence over hosts too). When `workdir` is given, process 0 writes
   workdir/eval/<split>_step<step>.json. `batches` replaces the eval iterator (same dict
-  format: image, label, valid, id), e.g. for tests.
+  format: image, label, valid, id, and height/width: each image's true size, which multiscale
+  needs; without them every image fills its canvas), e.g. for tests.
 
   Returns:
     dict with pixel_accuracy, mean_accuracy, mean_iou, fw_iou (floats, FCN's definitions),
@@ -106,8 +125,8 @@ def evaluate(config: ml_collections.ConfigDict, model: Any, variables: Any, mesh
                      f'{", ".join(modes.MODES)}')
   step_fn = _eval_step(model, mesh, config.eval.mode, tuple(config.eval.crop_size),
                        tuple(config.eval.stride), tuple(float(s) for s in config.eval.scales),
-                       bool(config.eval.flip), num_classes, int(config.data.ignore_label),
-                       config.data.normalization)
+                       bool(config.eval.flip), int(config.eval.base_size), num_classes,
+                       int(config.data.ignore_label), config.data.normalization)
   replicated = NamedSharding(mesh, P())
   variables = jax.device_put(variables, replicated)
   cm = jax.device_put(np.zeros((num_classes, num_classes), np.int32), replicated)
@@ -119,7 +138,9 @@ def evaluate(config: ml_collections.ConfigDict, model: Any, variables: Any, mesh
   if progress and jax.process_index() == 0:
     batches = tqdm.tqdm(batches, desc=f'eval {split}', unit='batch', leave=False)
   for batch in batches:
-    cm, image_cm = step_fn(variables, batch['image'], batch['label'], batch['valid'], cm)
+    heights, widths = _batch_sizes(batch, mesh)
+    cm, image_cm = step_fn(variables, batch['image'], batch['label'], batch['valid'], heights,
+                           widths, cm)
     per_image.append(image_cm)
     valids.append(batch['valid'])
     ids.append(list(batch['id']))

@@ -2,7 +2,8 @@
 
 Each image is normalised, padded bottom/right to a size bucket (a multiple of `bucket`, at least
 the training crop) so that a folder of differently sized images compiles a handful of programs,
-predicted with config.eval's mode (jaxseg.inference.modes), and cropped back.
+predicted with config.eval's mode (jaxseg.inference.modes; multiscale is given the image's true
+size, so it predicts exactly as in evaluation), and cropped back.
 """
 from collections.abc import Sequence
 import dataclasses
@@ -48,9 +49,9 @@ class Predictor:
     self.variables = jax.device_put(jax.device_get(self.variables), device)
     config = self.config
 
-    def predict(variables, images):
+    def predict(variables, images, sizes):
       infer = modes.config_inference_fn(modes.model_apply_fn(self.model, variables), config)
-      return jnp.argmax(infer(images), axis=-1).astype(jnp.uint8)
+      return jnp.argmax(infer(images, sizes), axis=-1).astype(jnp.uint8)
 
     self._normalize = lambda x: pipeline.normalize(x, method)
     self._predict = jax.jit(predict)
@@ -62,7 +63,8 @@ class Predictor:
     # Normalise, then pad with 0 = the mean pixel, as the eval pipeline pads.
     x = np.zeros((1, ph, pw, 3), np.float32)
     x[0, :height, :width] = np.asarray(self._normalize(image))
-    return np.asarray(self._predict(self.variables, x))[0, :height, :width]
+    sizes = np.array([[height, width]], np.int32)
+    return np.asarray(self._predict(self.variables, x, sizes))[0, :height, :width]
 
 
 def predictor_from_config(config: ml_collections.ConfigDict, model: Any, variables: Any,
