@@ -38,5 +38,5 @@ def get_config():
   config.eval.batch_size = 4
   config.eval.mode = 'multiscale'
   config.eval.scales = (0.5,)
-  config.eval.crop_size = (360, 480)  # Half-size images fit: whole-image at each scale.
+  config.eval.crop_size = (180, 240)  # Half-size 360x480 images: one whole-image window.
   return config

@@ -49,5 +49,5 @@ def get_config():
   config.eval.batch_size = 20
   config.eval.mode = 'multiscale'
   config.eval.scales = (0.5,)
-  config.eval.crop_size = (128, 128)  # The 64x64 scaled image fits: whole-image inference.
+  config.eval.crop_size = (32, 32)  # The 64x64 images at scale 0.5: one whole-image window.
   return config

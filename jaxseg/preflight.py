@@ -79,10 +79,11 @@ def check_model(config: ml_collections.ConfigDict, model: Any) -> None:
     return
   eval_hw = tuple(int(v) for v in config.data.eval_size)
   try:
-    def infer(variables, images):
+    def infer(variables, images, sizes):
       apply_fn = inference.model_apply_fn(init_model, variables)
-      return inference.config_inference_fn(apply_fn, config)(images)
-    jax.eval_shape(infer, variables, jax.ShapeDtypeStruct((1, *eval_hw, 3), jnp.float32))
+      return inference.config_inference_fn(apply_fn, config)(images, sizes)
+    jax.eval_shape(infer, variables, jax.ShapeDtypeStruct((1, *eval_hw, 3), jnp.float32),
+                   jax.ShapeDtypeStruct((1, 2), jnp.int32))
   except ValueError as e:
     raise ValueError(
         f'evaluation cannot run: {config.model.name} with config.eval.mode={config.eval.mode!r} '

@@ -90,37 +90,49 @@ def test_slide_averages_overlapping_windows():
   assert count.min() >= 1 and count.max() > 1  # Overlaps were exercised.
 
 
+def full_sizes(x):
+  return np.tile(np.array(x.shape[1:3], np.int32), (x.shape[0], 1))
+
+
+def multiscale_of(apply_fn, x, *args, **kwargs):
+  """inference.multiscale of images filling their canvas, jitted (eager scans dispatch slowly)."""
+  return jax.jit(lambda im: inference.multiscale(apply_fn, im, full_sizes(x), *args,
+                                                 **kwargs))(x)
+
+
 def test_multiscale_scale_one_without_flip_equals_whole():
+  # Scale 1 of the image's own long side (base_size 0) in one window of the image's size.
   x = images_of((2, 12, 12, 3))
   apply_fn = apply_of(Local(), x.shape)
-  got = inference.multiscale(apply_fn, x, (1.0,), False, crop=(16, 16), stride=(8, 8))
+  got = multiscale_of(apply_fn, x, (1.0,), False, crop=(12, 12), stride=(8, 8))
   np.testing.assert_allclose(got, jax.nn.softmax(inference.whole(apply_fn, x)), rtol=1e-6,
                              atol=1e-7)
-  fn = inference.inference_fn(apply_fn, 'multiscale', (16, 16), (8, 8), (1.0,), False)
-  np.testing.assert_array_equal(jnp.argmax(fn(x), -1),
+  fn = jax.jit(inference.inference_fn(apply_fn, 'multiscale', (12, 12), (8, 8), (1.0,), False))
+  np.testing.assert_array_equal(jnp.argmax(fn(x, full_sizes(x)), -1),
                                 jnp.argmax(inference.whole(apply_fn, x), -1))
 
 
 def test_flip_averages_with_mirrored_prediction_and_is_symmetric():
   x = images_of((2, 10, 14, 3))
   apply_fn = apply_of(Local(), x.shape)
-  got = inference.multiscale(apply_fn, x, (1.0,), True, crop=(16, 16), stride=(8, 8))
+  got = multiscale_of(apply_fn, x, (1.0,), True, crop=(10, 14), stride=(8, 8))
   want = 0.5 * (jax.nn.softmax(apply_fn(x)) + jax.nn.softmax(apply_fn(x[:, :, ::-1]))[:, :, ::-1])
   np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
   # Flip-averaging makes any model mirror-equivariant.
-  mirrored = inference.multiscale(apply_fn, x[:, :, ::-1], (1.0,), True, (16, 16), (8, 8))
+  mirrored = multiscale_of(apply_fn, x[:, :, ::-1], (1.0,), True, (10, 14), (8, 8))
   np.testing.assert_allclose(mirrored[:, :, ::-1], got, rtol=1e-5, atol=1e-6)
   # A pointwise model is mirror-equivariant already: flip changes nothing.
   point = apply_of(Pointwise(), x.shape)
   np.testing.assert_allclose(
-      inference.inference_fn(point, 'whole', flip=True)(x), jax.nn.softmax(point(x)),
+      inference.inference_fn(point, 'whole', flip=True)(x, full_sizes(x)),
+      jax.nn.softmax(point(x)),
       rtol=1e-6, atol=1e-7)
 
 
 def test_multiscale_resizes_and_slides_when_larger_than_window():
   x = jnp.ones((1, 8, 8, 3)) * jnp.arange(3.0)  # Constant image: every scale agrees.
   apply_fn = apply_of(Pointwise(), x.shape)
-  got = inference.multiscale(apply_fn, x, (0.5, 1.0, 1.5), True, crop=(6, 6), stride=(4, 4))
+  got = multiscale_of(apply_fn, x, (0.5, 1.0, 1.5), True, crop=(6, 6), stride=(4, 4))
   assert got.shape == (1, 8, 8, 4)
   np.testing.assert_allclose(got, jax.nn.softmax(apply_fn(x)), rtol=1e-5, atol=1e-6)
   with pytest.raises(ValueError, match='unknown eval.mode'):

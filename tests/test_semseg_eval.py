@@ -6,8 +6,6 @@ one aligned to the edge, softmax averaged over flips and windows, probabilities 
 averaged over scales), in float64, with a tiny model written in NumPy. jaxseg runs the same model
 in Flax on a padded batch of differently sized images in one static-shape program.
 """
-import math
-
 import cv2
 import flax.linen as nn
 import jax
@@ -142,7 +140,7 @@ def check_close(got, images, want_fn, tol=2e-5):
 @pytest.mark.parametrize('flip,base_size', [(True, 64), (False, 64), (True, 0)])
 def test_multiscale_matches_semseg_test_py(net, flip, base_size):
   model, variables = net
-  scales = (0.5, 1.0, 1.75)
+  scales = (0.5, 1.0, 1.75)  # Base 64: 32 < crop (padded on both sides) ... 112 (5 x 5 windows).
   images, canvas, sizes = make_data()
   infer = inference.inference_fn(inference.model_apply_fn(model, variables), 'multiscale', CROP,
                                  STRIDE, scales, flip, base_size)
@@ -150,11 +148,6 @@ def test_multiscale_matches_semseg_test_py(net, flip, base_size):
   assert got.shape == (len(SIZES), *CANVAS, CLASSES)
   check_close(got, images,
               lambda im: ref_test(variables['params'], im, scales, base_size, flip))
-
-
-def test_window_grid_is_exercised():
-  # Scale 0.5 of base 64 (32 < 33) is padded on both sides; 1.75 (112) slides a 5 x 5 grid.
-  assert round(0.5 * 64) < CROP[0] and math.ceil((112 - CROP[0]) / STRIDE[0]) + 1 == 5
 
 
 def test_evaluate_multiscale_on_8_devices(net):
@@ -190,3 +183,21 @@ def test_evaluate_multiscale_on_8_devices(net):
   results = inference.evaluate(config, model, variables, mesh, 'val', batches=[batch])
   np.testing.assert_array_equal(results['confusion_matrix'], want)
   assert results['num_images'] == count
+
+
+def test_predictor_multiscale_matches_semseg(net):
+  model, variables = net
+  config = config_loading.load_config(config_loading.experiments_dir() / 'default.py')
+  config.data.num_classes = CLASSES
+  config.eval.mode = 'multiscale'
+  config.eval.crop_size, config.eval.stride = CROP, STRIDE
+  config.eval.scales, config.eval.flip, config.eval.base_size = (1.0, 1.5), True, 40
+  predictor = inference.Predictor(config, model, variables, bucket=64)
+  images, _, _ = make_data(seed=3)
+  for image in images[:2]:
+    want = ref_test(variables['params'], image.astype(np.float64), (1.0, 1.5), 40, True)
+    top2 = np.sort(want, -1)[..., -2:]
+    clear = top2[..., 1] - top2[..., 0] > 1e-4
+    got = predictor(image)
+    assert got.shape == image.shape[:2] and clear.mean() > 0.99
+    np.testing.assert_array_equal(got[clear], want.argmax(-1)[clear])

@@ -40,18 +40,19 @@ def check_multiscale_eval(ctx: Context) -> Outcome:
   height, width = form.eval_size
   images = jax.device_put(
       np.random.default_rng(3).standard_normal((1, height, width, 3), np.float32), ctx.device)
+  sizes = jax.device_put(np.array([[height, width]], np.int32), ctx.device)
 
-  def infer(variables, images):
+  def infer(variables, images, sizes):
     apply_fn = inference.model_apply_fn(model, variables)
     return inference.inference_fn(apply_fn, 'multiscale', form.eval_crop, form.eval_stride,
-                                  form.eval_scales, flip=True)(images)
+                                  form.eval_scales, flip=True)(images, sizes)
 
   start = time.perf_counter()
-  compiled = jax.jit(infer).lower(variables, images).compile()
+  compiled = jax.jit(infer).lower(variables, images, sizes).compile()
   compile_s = time.perf_counter() - start
   memory = training.program_bytes(compiled)
   start = time.perf_counter()
-  probs = np.asarray(compiled(variables, images))
+  probs = np.asarray(compiled(variables, images, sizes))
   run_s = time.perf_counter() - start
   limit = training.memory_stats(ctx.device).get('bytes_limit')
 

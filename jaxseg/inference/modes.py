@@ -65,7 +65,7 @@ def _check_window(crop: int, stride: int) -> None:
   if crop <= 0 or stride <= 0:
     raise ValueError(f'eval.crop_size {crop} and eval.stride {stride} must be positive')
   if stride > crop:
-    raise ValueError(f'slide stride {stride} > crop {crop} would skip pixels; set '
+    raise ValueError(f'window stride {stride} > crop {crop} would skip pixels; set '
                      'eval.stride <= eval.crop_size')
 
 

@@ -1,7 +1,7 @@
 """PSPNet (Zhao et al., CVPR 2017): dilated ResNet + pyramid pooling module + auxiliary head.
 
-Follows the authors' PyTorch re-implementation (github.com/hszhao/semseg, model/pspnet.py) on a
-torchvision-layout backbone:
+Follows the authors' PyTorch re-implementation (github.com/hszhao/semseg, model/pspnet.py) on
+one of three ResNet variants (`backbone`):
 
   image ─ ResNet-50/101, layer3 dilation 2, layer4 dilation 4 (output stride 8)
             ├─ layer4 (2048) ─ PPM: for bins 1, 2, 3, 6: adaptive avg-pool ─ 1x1 conv 512
@@ -16,6 +16,18 @@ the original Caffe PSPNet's Interp layer do; with it, feature corners land exact
 for the "8k+1" crop sizes PSPNet uses (473 -> 60). Dropout is channel-wise (torch's Dropout2d, as
 semseg). Adaptive pooling and resizing are written as per-axis matrices applied with einsum: exact,
 static-shape, and cheap to differentiate.
+
+`backbone` picks the ResNet (resnet.ResNet fields, see BACKBONES):
+  'torchvision'  torchvision's resnet50/101 (7x7 stem; a dilated stage's first block keeps the
+                 previous dilation, as replace_stride_with_dilation); ImageNet weights from
+                 torchvision.
+  'semseg'       semseg's model/resnet.py deep_base + model/pspnet.py: three 3x3 stem convs,
+                 every conv2 of layer3/layer4 dilated (the first block's too), stride on the 3x3
+                 conv; semseg's resnet*_v2.pth and trained checkpoints (weights/semseg.py).
+  'caffe'        hszhao/PSPNet's Caffe prototxts: the deep stem, every block of conv4_x/conv5_x
+                 dilated, ceil-mode pool1; the stride of conv3_1 sits on the 1x1 reduce conv in
+                 pspnet50_ADE20K_473 but on the 3x3 conv in pspnet101_VOC2012_473 and
+                 pspnet101_cityscapes_713, so it follows `depth` (CAFFE_STRIDE_ON).
 
 Parameter tree: 'backbone' (resnet.ResNet, torchvision names), 'ppm'/bin{1,2,3,6}/{conv,bn},
 'cls'/conv_bn/{conv,bn}, 'cls'/classifier, and 'aux' likewise. The aux head's parameters exist
@@ -42,6 +54,25 @@ DEFAULT_DROPOUT = 0.1  # semseg's Dropout2d(p=0.1) in both heads.
 PPM_FEATURES = 512  # 2048 / len(bins), as semseg's reduction_dim.
 HEAD_FEATURES = 512
 AUX_FEATURES = 256
+# Where the released Caffe models put conv3_1's stride, per depth (see the module docstring).
+CAFFE_STRIDE_ON = {50: '1x1', 101: '3x3'}
+BACKBONES = ('torchvision', 'semseg', 'caffe')
+
+
+def backbone_fields(backbone: str, depth: int) -> dict[str, Any]:
+  """The resnet.ResNet fields of a PSPNet `backbone` variant (module docstring)."""
+  if backbone == 'torchvision':
+    return {}
+  if backbone == 'semseg':
+    return dict(stem='deep', dilate_first_block=True, stride_on='3x3')
+  if backbone == 'caffe':
+    if depth not in CAFFE_STRIDE_ON:
+      raise ValueError(f'PSPNet backbone=\'caffe\' exists for depth {sorted(CAFFE_STRIDE_ON)} '
+                       f'(the released Caffe models), got depth={depth}')
+    return dict(stem='deep', dilate_first_block=True, stride_on=CAFFE_STRIDE_ON[depth],
+                pool_ceil_mode=True)
+  raise ValueError(f'PSPNet backbone (config.model.backbone) must be one of '
+                   f'{", ".join(map(repr, BACKBONES))}; got {backbone!r}')
 
 
 @functools.lru_cache(maxsize=None)
@@ -169,6 +200,7 @@ class PSPNet(nn.Module):
   stage_sizes: Sequence[int] | None = None  # Overrides resnet.STAGE_SIZES[depth] (tiny variants).
   bins: Sequence[int] = PSP_BINS
   remat: str = 'none'  # Backbone rematerialisation: 'none' | 'block' | 'stage' (models.remat).
+  backbone: str = 'torchvision'  # 'torchvision' | 'semseg' | 'caffe' (module docstring).
 
   def _check(self, x) -> float:
     if not isinstance(self.num_classes, int) or self.num_classes < 1:
@@ -177,6 +209,7 @@ class PSPNet(nn.Module):
       raise ValueError(f'PSPNet depth must be one of {sorted(resnet.STAGE_SIZES)}, '
                        f'got {self.depth}')
     remat.check(self.remat)
+    backbone_fields(self.backbone, self.depth)
     if x.ndim != 4:
       raise ValueError(f'PSPNet expects NHWC images (N, H, W, C), got shape {x.shape}')
     no_value = self.dropout_rate is None or self.dropout_rate < 0
@@ -191,7 +224,8 @@ class PSPNet(nn.Module):
     stage_sizes = self.stage_sizes or resnet.STAGE_SIZES[self.depth]
     size = x.shape[1:3]
     features = resnet.ResNet(stage_sizes, PSP_DILATIONS, self.width, self.dtype,
-                             self.sync_bn_axis, self.remat, name='backbone')(x, train)
+                             self.sync_bn_axis, self.remat, name='backbone',
+                             **backbone_fields(self.backbone, self.depth))(x, train)
 
     y = PyramidPooling(resnet.scaled_channels(PPM_FEATURES, self.width), self.bins, self.dtype,
                        self.sync_bn_axis, name='ppm')(features['layer4'], train)
