@@ -39,4 +39,5 @@ def get_config():
   config.eval.mode = 'multiscale'
   config.eval.scales = (0.5,)
   config.eval.crop_size = (180, 240)  # Half-size 360x480 images: one whole-image window.
+  config.eval.stride = (180, 240)
   return config

@@ -50,4 +50,5 @@ def get_config():
   config.eval.mode = 'multiscale'
   config.eval.scales = (0.5,)
   config.eval.crop_size = (32, 32)  # The 64x64 images at scale 0.5: one whole-image window.
+  config.eval.stride = (32, 32)
   return config

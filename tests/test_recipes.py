@@ -92,7 +92,7 @@ def semseg_resnet_pth(path: pathlib.Path, depth: int) -> pathlib.Path:
   for key, leaf in traverse_util.flatten_dict(variables, sep='/').items():
     _, *modules, name = key.split('/')
     module = '.'.join(m.replace('_', '.') if m.startswith('layer') else m for m in modules)
-    module = module.replace('downsample.conv', 'downsample.0').replace('downsample.bn',
+    module = module.replace('downsample_conv', 'downsample.0').replace('downsample_bn',
                                                                          'downsample.1')
     value = rng.standard_normal(leaf.shape).astype(np.float32) * 0.1
     if name == 'kernel':

@@ -282,7 +282,7 @@ def test_semseg_errors_name_file_and_tensors(psp_checkpoint):
   convert_tiny = functools.partial(semseg.convert_semseg, stage_sizes=(1, 1, 2, 1))
   broken = dict(state_dict)
   del broken['module.ppm.features.2.2.running_var']
-  with pytest.raises(ValueError, match=r'ck\.pth: 1 tensor.*missing: ppm\.features\.2\.2\.running_'):
+  with pytest.raises(ValueError, match=r'ck\.pth: 1 tensor.*missing: ppm\.features\.2\.2\.running'):
     convert_tiny(broken, 'ck.pth')
   partial_aux = {k: v for k, v in state_dict.items() if k != 'module.aux.4.bias'}
   with pytest.raises(ValueError, match=r'missing: aux\.4\.bias'):
@@ -339,9 +339,11 @@ def test_caffe_backbone_stride_on_1x1_matches_torch(tmp_path):
   ref = _randomise(_ResNet(stage_sizes, stride_1x1=True, ceil_mode=True), seed=2)
   _dilate(ref.layer3, ref.layer4, stride_1x1=True)
   assert ref.layer2[0].conv1.stride == (2, 2) and ref.layer2[0].conv2.stride == (1, 1)
-  weights = semseg.convert_semseg(_saved(ref.state_dict(), tmp_path)[0], stage_sizes=stage_sizes)
+  state_dict, _ = _saved(ref.state_dict(), tmp_path)
+  weights = semseg.convert_semseg(state_dict, stage_sizes=stage_sizes)
   fields = pspnet.backbone_fields('caffe', 50)
-  assert fields['stride_on'] == '1x1' and pspnet.backbone_fields('caffe', 101)['stride_on'] == '3x3'
+  assert fields['stride_on'] == '1x1'  # pspnet50_ADE20K_473; the 101-layer models: '3x3'.
+  assert pspnet.backbone_fields('caffe', 101)['stride_on'] == '3x3'
   model = resnet.ResNet(stage_sizes, pspnet.PSP_DILATIONS, WIDTH, **fields)
   # 64 -> stem 32 (even): Caffe's ceil-mode pool1 gives 17, floor mode would give 16.
   x = np.random.default_rng(3).normal(size=(1, 64, 47, 3)).astype(np.float32)
@@ -353,10 +355,12 @@ def test_caffe_backbone_stride_on_1x1_matches_torch(tmp_path):
   assert got['layer1'].shape[1:3] == (17, 13)
   for name in ('layer1', 'layer2', 'layer4'):
     _check_close(got[name], _nhwc(want[name]), f'caffe backbone {name}')
-  # Moving the stride back to the 3x3 conv (same parameters) changes layer2.
+  # Moving the stride back to the 3x3 conv (same parameters) changes layer2 far beyond the
+  # parity error (the identity-dominated residual keeps the change small in absolute terms).
   v15 = resnet.ResNet(stage_sizes, pspnet.PSP_DILATIONS, WIDTH,
                       **{**fields, 'stride_on': '3x3'}).apply(variables, x)
-  assert np.abs(np.asarray(v15['layer2']) - _nhwc(want['layer2'])).max() > 1e-2
+  ref_layer2 = _nhwc(want['layer2'])
+  assert np.abs(np.asarray(v15['layer2']) - ref_layer2).max() / np.abs(ref_layer2).max() > 1e-3
 
 
 def test_pspnet_backbone_validation():

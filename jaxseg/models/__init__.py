@@ -98,7 +98,7 @@ def create_model(name: str, num_classes: int, **overrides: Any) -> nn.Module:
     num_classes: number of output classes (logits channels).
     **overrides: module fields, e.g. width=0.0625, dtype='bfloat16', sync_bn_axis='data',
       dropout_rate (< 0 or None: the paper's value), remat='block' (models/remat.py),
-      geometry='caffe' (FCN),
+      geometry='caffe' and skip_scales (FCN), backbone='semseg'/'caffe' (PSPNet),
       stage_sizes=(1, 1, 1, 1) (PSPNet).
 
   Raises:

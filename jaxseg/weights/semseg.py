@@ -11,7 +11,7 @@ Two kinds of `.pth` files (read by files.read_state_dict, which unwraps a checkp
   a trained PSPNet (tool/train.py saves {'epoch', 'state_dict', 'optimizer'}; the model is
   wrapped in DataParallel, hence the 'module.' prefix, accepted with or without it):
       layer0.{0,1,3,4,6,7}  (model/pspnet.py's Sequential of conv1, bn1, relu, conv2, bn2, relu,
-                             conv3, bn3, relu, maxpool) -> backbone/conv1, bn1, conv2, bn2, conv3, bn3
+                             conv3, bn3, relu, maxpool) -> backbone/conv1, bn1, ..., conv3, bn3
       layer{1-4}.*          -> backbone/layer{i}_{j}/...
       ppm.features.{i}.{1,2} (AdaptiveAvgPool, Conv1x1, BN, ReLU) -> ppm/bin{b}/{conv,bn}, b the
                              i-th of pspnet.PSP_BINS (1, 2, 3, 6)
@@ -21,10 +21,10 @@ Two kinds of `.pth` files (read by files.read_state_dict, which unwraps a checkp
       arch 'pspnet50' / 'pspnet101', model_fields {'backbone': 'semseg'}
 
 The depth comes from the number of layer3 blocks (6: 50, 23: 101; `stage_sizes` for tiny test
-networks). BN weight/bias become
-scale/bias in 'params', running_mean/var mean/var in 'batch_stats'; conv weights are transposed
-from (O, I, H, W) to (H, W, I, O); `num_batches_tracked` counters are ignored. Any missing or
-unknown tensor is an error naming the file and the tensors. semseg normalises RGB pixels in
+networks). BN weight/bias become scale/bias in 'params', running_mean/var mean/var in
+'batch_stats'; conv weights are transposed from (O, I, H, W) to (H, W, I, O);
+`num_batches_tracked` counters are ignored. Any missing or unknown tensor is an error naming the
+file and the tensors. semseg normalises RGB pixels in
 [0, 255] with mean [0.485, 0.456, 0.406] * 255 and std [0.229, 0.224, 0.225] * 255
 (tool/train.py, value_scale 255): torchvision's normalisation, convert.TORCHVISION_NORMALIZATION.
 """
