@@ -13,6 +13,7 @@ layer but conv1_1 takes the reference's relative steps, and conv1_1 (generic edg
 FCN's fine-tuning barely moves at lr 1e-10 anyway) stays close to its ImageNet values. The
 staged fcn16s/fcn8s recipes continue from this workdir with --config.data.normalization=imagenet.
 No published number (the paper used Caffe's VGG16).
+Hardware assumed: as fcn32s_voc.py (1 GPU, batch 1, whole images).
 """
 import pathlib
 

@@ -7,6 +7,7 @@
 Not the paper's data: train_aug adds the VOC2012 train images SBD lacks (disjoint from
 seg11valid), the set DeconvNet and PSPNet train on, so FCN can be compared on their footing.
 Everything else as fcn8s_atonce_voc.py; no published number.
+Hardware assumed: as fcn32s_voc.py (1 GPU, batch 1, whole images).
 """
 import pathlib
 

@@ -150,7 +150,7 @@ def weights_files(root):
   return StandIns(root)
 
 
-def run_docstring(recipe, root, weights_files, workdirs):
+def run_docstring(recipe, root, data_dir, weights_files, workdirs):
   """Runs the recipe's docstring commands; returns the train command's workdir."""
   commands = docstring_commands(recipe)
   assert commands and commands[-1][0] == 'train', f'{recipe}: no `jaxseg train` command'
@@ -176,7 +176,7 @@ def run_docstring(recipe, root, weights_files, workdirs):
         argv[i] = f'--config.model.init_from={source}'
     if argv[0] == 'train':
       config = config_loading.load_config(EXPERIMENTS / recipe)
-      argv += tiny_overrides(root / 'tfds', config.model.name)
+      argv += tiny_overrides(data_dir, config.model.name)
     assert cli.main(argv) == 0, f'{recipe}: {shlex.join(argv)}'
   return trained
 
@@ -184,7 +184,7 @@ def run_docstring(recipe, root, weights_files, workdirs):
 # Each chain runs in order: a finer FCN starts from the coarser one's workdir.
 CHAINS = {
     'fcn_staged': ('fcn32s_voc.py', 'fcn16s_voc.py', 'fcn8s_voc.py'),
-    'fcn_atonce': ('fcn8s_atonce_voc.py', 'fcn8s_atonce_voc_train_aug.py'),
+    'fcn_atonce': ('fcn8s_atonce_voc.py',),
     'fcn_torchvision': ('fcn32s_voc_torchvision.py',),
     'pspnet50': ('pspnet50_voc.py',),
 }
@@ -195,7 +195,7 @@ def test_recipe_starts_from_its_docstring(chain, root, weights_files):
   workdirs = {}
   for recipe in CHAINS[chain]:
     (root / chain).mkdir(exist_ok=True)
-    trained = run_docstring(recipe, root / chain, weights_files, workdirs)
+    trained = run_docstring(recipe, root / chain, root / 'tfds', weights_files, workdirs)
     assert (trained / 'checkpoints').is_dir()
     workdirs[f'workdirs/{trained.name}'] = trained
 
@@ -204,8 +204,17 @@ def test_every_paper_recipe_is_exercised():
   """New VOC recipes join a chain above (camvid/demo recipes are run by their own tests)."""
   covered = {r for chain in CHAINS.values() for r in chain}
   papers = {p.name for p in EXPERIMENTS.glob('*_voc*.py')}
-  missing = papers - covered - {'pspnet101_voc.py', 'deconvnet_voc.py'}
+  missing = papers - covered - {'pspnet101_voc.py', 'deconvnet_voc.py',
+                                'fcn8s_atonce_voc_train_aug.py'}
   assert not missing, f'recipes without a start test: {sorted(missing)}'
+  # The train_aug variant is fcn8s_atonce_voc.py with another split and the same command.
+  variant = config_loading.load_config(EXPERIMENTS / 'fcn8s_atonce_voc_train_aug.py')
+  base = config_loading.load_config(EXPERIMENTS / 'fcn8s_atonce_voc.py')
+  assert variant.data.train_split == 'train_aug' and base.data.train_split == 'sbd_train'
+  variant.data.train_split = base.data.train_split
+  assert variant.to_dict() == base.to_dict()
+  assert (docstring_commands('fcn8s_atonce_voc_train_aug.py')[0][5:]
+          == docstring_commands('fcn8s_atonce_voc.py')[0][5:])
   # pspnet101_voc.py differs from pspnet50_voc.py by the depth only (a 101-layer compile is
   # too slow for the suite); its docstring's command must still name the semseg backbone.
   assert re.search(r'init_from=initmodel/resnet101_v2\.pth',
