@@ -72,6 +72,12 @@ def test_eval_of_a_weights_file_equals_eval_of_its_workdir(trained, tmp_path, ca
   assert table(from_weights) == table(from_workdir)
   assert cli.main(['eval', '--weights', str(npz)]) == 2
   assert '--weights needs --config' in capsys.readouterr().err
+  image = tmp_path / 'photo.png'
+  PIL.Image.fromarray(np.random.default_rng(1).integers(0, 255, (40, 50, 3), np.uint8)).save(image)
+  assert cli.main(['predict', '--config', DEMO, '--weights', str(npz), *data, '--input',
+                   str(image), '--output', str(tmp_path / 'out')]) == 0
+  assert f'fcn8s {npz}' in capsys.readouterr().out
+  assert PIL.Image.open(tmp_path / 'out' / 'photo.png').size == (50, 40)
 
 
 def test_predict_any_image_reports_bad_files(trained, tmp_path, capsys):
