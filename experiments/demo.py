@@ -49,6 +49,6 @@ def get_config():
   config.eval.batch_size = 20
   config.eval.mode = 'multiscale'
   config.eval.scales = (0.5,)
-  config.eval.crop_size = (32, 32)  # The 64x64 images at scale 0.5: one whole-image window.
-  config.eval.stride = (32, 32)
+  config.eval.crop_size = (64, 64)  # The 128x128 scenes at scale 0.5: one whole-image window.
+  config.eval.stride = (64, 64)
   return config
