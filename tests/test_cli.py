@@ -80,6 +80,26 @@ def test_eval_of_a_weights_file_equals_eval_of_its_workdir(trained, tmp_path, ca
   assert PIL.Image.open(tmp_path / 'out' / 'photo.png').size == (50, 40)
 
 
+def test_predict_never_overwrites_its_inputs(trained, tmp_path, capsys):
+  """--output = the input folder: refused before anything is written (the photos survive)."""
+  photos = tmp_path / 'photos'
+  photos.mkdir()
+  rng = np.random.default_rng(4)
+  for name in ('a.png', 'b.jpg'):
+    PIL.Image.fromarray(rng.integers(0, 255, (20, 30, 3), np.uint8)).save(photos / name)
+  before = {p.name: p.read_bytes() for p in photos.iterdir()}
+  assert cli.main(['predict', '--workdir', str(trained), '--input', str(photos),
+                   '--output', str(photos)]) == 2
+  err = capsys.readouterr().err
+  assert f'would overwrite input image(s) {photos / "a.png"}' in err and 'nothing was written' in err
+  assert {p.name: p.read_bytes() for p in photos.iterdir()} == before
+  as_file = tmp_path / 'labels.png'
+  as_file.write_bytes(b'x')
+  assert cli.main(['predict', '--workdir', str(trained), '--input', str(photos / 'b.jpg'),
+                   '--output', str(as_file)]) == 2
+  assert 'is a file; give a folder' in capsys.readouterr().err
+
+
 def test_predict_any_image_reports_bad_files(trained, tmp_path, capsys):
   rng = np.random.default_rng(0)
   inputs = tmp_path / 'in'

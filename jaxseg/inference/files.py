@@ -7,7 +7,8 @@
   OUT/<name>_overlay.png  the image blended with the colourised prediction.
 Images of any size and mode are accepted (grayscale, RGBA, palette... converted to RGB; EXIF
 rotation applied). Unreadable files are reported by name and skipped; the others are still
-written. `write_examples` does the same for a dataset split's first examples, with the ground
+written. Nothing is written when an output would replace one of the inputs (e.g. --output is the
+input folder and an input is a .png): the user's images are never overwritten. `write_examples` does the same for a dataset split's first examples, with the ground
 truth beside (what `jaxseg demo` shows).
 """
 from collections.abc import Iterable
@@ -32,6 +33,19 @@ def _unique_stem(path: pathlib.Path, used: set[str]) -> str:
   return stem
 
 
+def _refuse_overwriting_inputs(paths: list[pathlib.Path], stems: list[str],
+                               output: pathlib.Path) -> None:
+  """ValueError naming the inputs that an output PNG would replace (before anything is written)."""
+  inputs = {pathlib.Path(p).resolve() for p in paths}
+  clashes = sorted(str(output / name) for stem in stems
+                   for name in (f'{stem}.png', f'{stem}_overlay.png')
+                   if (output / name).resolve() in inputs)
+  if clashes:
+    shown = ', '.join(clashes[:3]) + (f' and {len(clashes) - 3} more' if len(clashes) > 3 else '')
+    raise ValueError(f'--output {output} would overwrite input image(s) {shown} with label maps; '
+                     'nothing was written. Choose an --output folder that holds no inputs.')
+
+
 def predict_files(predictor: Predictor, inputs: Iterable[str | pathlib.Path],
                   output: str | pathlib.Path, palette: np.ndarray,
                   log: TextIO | None = None, errors: TextIO | None = None) -> dict[str, Any]:
@@ -44,10 +58,15 @@ def predict_files(predictor: Predictor, inputs: Iterable[str | pathlib.Path],
   log = sys.stdout if log is None else log
   errors = sys.stderr if errors is None else errors
   output = pathlib.Path(output)
-  output.mkdir(parents=True, exist_ok=True)
-  written, failed, used = [], [], set()
+  if output.exists() and not output.is_dir():
+    raise ValueError(f'--output {output} is a file; give a folder for the label PNGs')
   paths = images.expand_inputs(str(i) for i in inputs)
-  for path in paths:
+  used: set[str] = set()
+  stems = [_unique_stem(path, used) for path in paths]
+  _refuse_overwriting_inputs(paths, stems, output)
+  output.mkdir(parents=True, exist_ok=True)
+  written, failed = [], []
+  for path, stem in zip(paths, stems):
     try:
       image = images.load_rgb(path)
     except Exception as e:  # pylint: disable=broad-except  Any unreadable file: report, go on.
@@ -62,7 +81,6 @@ def predict_files(predictor: Predictor, inputs: Iterable[str | pathlib.Path],
       failed.append((str(path), reason))
       print(f'error: cannot predict {path}: {reason}', file=errors)
       continue
-    stem = _unique_stem(path, used)
     label_path = output / f'{stem}.png'
     images.save_label_png(label_path, label, palette)
     PIL.Image.fromarray(classes.overlay(image, label, palette)).save(
