@@ -24,8 +24,9 @@ with base rate `lr`, warmup `w` and total steps `T`:
   constant:         lr
 with (s - w) / (T - w) clipped to [0, 1].
 """
+import collections
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, Sequence
 
 import flax
@@ -84,13 +85,9 @@ def param_labels(params: Any, backbone_prefixes: Sequence[str]) -> Any:
           for key, sub in params.items()}
 
 
-def _is_layer_bias(path: tuple[Any, ...], siblings: Mapping[str, Any]) -> bool:
+def _is_layer_bias(path: tuple[Any, ...], siblings: set[Any]) -> bool:
   """A convolution/dense bias: a leaf 'bias' whose module has no BatchNorm 'scale'."""
-  return _key(path[-1]) == 'bias' and 'scale' not in siblings
-
-
-def _key(entry: Any) -> str:
-  return str(getattr(entry, 'key', entry))
+  return path[-1] == 'bias' and 'scale' not in siblings
 
 
 def lr_multipliers(params: Any, backbone_prefixes: Sequence[str] = (), *, head: float = 1.0,
@@ -101,15 +98,17 @@ def lr_multipliers(params: Any, backbone_prefixes: Sequence[str] = (), *, head: 
   0 for leaves under a top-level key in `frozen_prefixes`.
   """
   flat = traverse_util.flatten_dict(flax.core.unfreeze(params))
+  leaves_of = collections.defaultdict(set)  # Module path -> its leaf names.
+  for path in flat:
+    leaves_of[path[:-1]].add(path[-1])
   out = {}
-  for path, _ in flat.items():
+  for path in flat:
     top = path[0]
     if top in frozen_prefixes:
       out[path] = 0.0
       continue
     mult = 1.0 if top in backbone_prefixes else head
-    siblings = {p[-1] for p in flat if p[:-1] == path[:-1]}
-    if _is_layer_bias(path, siblings):
+    if _is_layer_bias(path, leaves_of[path[:-1]]):
       mult *= bias
     out[path] = mult
   return traverse_util.unflatten_dict(out)

@@ -14,20 +14,10 @@ import tensorflow as tf
 
 from jaxseg.config_loading import load_config
 from jaxseg.data import augment, pipeline
+from test_augment import MODES, run  # noqa: E402  pylint: disable=g-import-not-at-top
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-MODES = ('eager', 'tf.data')
 MEAN = pipeline.mean_pixel('imagenet')
-
-
-def run(fn, *args, mode):
-  """fn(*args) eagerly, or as the map function of a one-element tf.data pipeline; numpy out."""
-  args = tuple(tf.convert_to_tensor(a) for a in args)
-  if mode == 'eager':
-    out = fn(*args)
-  else:
-    out = next(iter(tf.data.Dataset.from_tensors(args).map(fn)))
-  return tf.nest.map_structure(lambda t: t.numpy(), out)
 
 
 def random_pair(h, w, seed=0):

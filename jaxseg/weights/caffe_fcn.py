@@ -29,6 +29,7 @@ import numpy as np
 
 from jaxseg.models import vgg
 from jaxseg.weights import convert
+from jaxseg.weights import caffe_proto
 from jaxseg.weights.caffe_proto import CaffeLayer
 
 # voc_layers.py: the mean FCN's data layers subtract (BGR, on 0-255).
@@ -138,13 +139,7 @@ def fcn_weights(layers: list[CaffeLayer], path: str = '') -> convert.PretrainedW
   `path` for unknown or missing layers with weights, duplicate names and unexpected blob shapes.
   """
   source = path or 'Caffe model'
-  by_name: dict[str, CaffeLayer] = {}
-  for layer in layers:
-    if not layer.blobs:
-      continue
-    if layer.name in by_name:
-      raise ValueError(f'{source}: two layers with weights are named {layer.name!r}')
-    by_name[layer.name] = layer
+  by_name = caffe_proto.layers_with_weights(layers, source)
   names = set(by_name)
   arch = _guess_arch(names)
   expected = [*vgg.CONV_NAMES, *FC_LAYERS, *HEADS[arch]]

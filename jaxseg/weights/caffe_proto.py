@@ -277,3 +277,18 @@ def write_caffemodel(path: str | os.PathLike, layers: Sequence[CaffeLayer],
   tmp.write_bytes(serialize_net(layers, legacy))
   tmp.replace(path)
   return path
+
+
+def layers_with_weights(layers: list[CaffeLayer], source: str) -> dict[str, CaffeLayer]:
+  """name -> layer for the layers that hold blobs; ValueError naming `source` on a repeated name.
+
+  Data, ReLU, pooling, crop and loss layers (no blobs) are left out.
+  """
+  by_name: dict[str, CaffeLayer] = {}
+  for layer in layers:
+    if not layer.blobs:
+      continue
+    if layer.name in by_name:
+      raise ValueError(f'{source}: two layers with weights are named {layer.name!r}')
+    by_name[layer.name] = layer
+  return by_name

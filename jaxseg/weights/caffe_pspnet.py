@@ -55,6 +55,7 @@ import numpy as np
 
 from jaxseg.models import pspnet, resnet
 from jaxseg.weights import convert
+from jaxseg.weights import caffe_proto
 from jaxseg.weights.caffe_proto import CaffeLayer
 
 # pre_img.m: BGR order on [0, 255], minus eval_all.m's mean (given there as R, G, B).
@@ -211,13 +212,7 @@ def pspnet_weights(layers: Sequence[CaffeLayer], path: str = '',
     types, blob counts or shapes.
   """
   source = path or 'Caffe model'
-  by_name: dict[str, CaffeLayer] = {}
-  for layer in layers:
-    if not layer.blobs:
-      continue
-    if layer.name in by_name:
-      raise ValueError(f'{source}: two layers with weights are named {layer.name!r}')
-    by_name[layer.name] = layer
+  by_name = caffe_proto.layers_with_weights(layers, source)
   stage_sizes = stage_sizes_of(list(by_name))
   if stage_sizes is None:
     raise ValueError(f'{source} is not a PSPNet Caffe model: expected conv2_1..conv5_j '
