@@ -56,6 +56,17 @@ def get_config() -> ml_collections.ConfigDict:
   # crop padding bottom/right) | 'semseg' (hszhao/semseg transform.py: scale, rotate with p 0.5,
   # blur, flip, crop with centred padding).
   config.data.augmentation = 'jaxseg'
+  # What one training example is (DeconvNet's two-stage training, jaxseg.data.windows):
+  # 'image' (a crop of the whole image) | 'objects' (stage 1: a window around each ground-truth
+  # object, only that object labelled) | 'proposals' (stage 2: object-proposal windows that
+  # overlap a ground-truth object, every class labelled). 'objects'/'proposals' need a dataset
+  # with instances (voc2012_segmentation, synthetic_shapes).
+  config.data.windows = 'image'
+  config.data.window_context = 1.2  # The box is enlarged this much about its centre (paper 5.1).
+  config.data.window_resize = (250, 250)  # Each window is resized to this, then crop_size is cut.
+  config.data.balance_classes = False  # Repeat windows of rare classes up to the commonest's count.
+  config.data.proposals = ''  # Stage 2: proposals file for train windows; '' = sampled around objects.
+  config.data.proposal_min_iou = 0.5  # Stage 2: a proposal window is used if IoU >= this with an object.
   config.data.shuffle_buffer = 1024
   config.data.prefetch = 2  # Batches prefetched to the devices.
   config.data.num_parallel_calls = -1  # tf.data parallelism; -1 = AUTOTUNE.
@@ -107,4 +118,33 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.scales = (1.0,)  # Multi-scale factors (PSPNet: 0.5, 0.75, 1.0, 1.25, 1.5, 1.75).
   config.eval.flip = False  # Average with the horizontally flipped prediction.
   config.eval.num_examples = -1  # < 0: the whole split.
+  # eval.mode='proposals' (DeconvNet's instance-wise inference): each image's object proposals
+  # (a proposals file or folder, see jaxseg.inference.proposals, or 'selective_search'), at most
+  # max_proposals of them (in score order) whose window is at least min_proposal_size on both
+  # sides, each resized to proposal_size; the window score maps are aggregated by 'max' (the
+  # original code) or 'mean'.
+  config.eval.proposals = ''
+  config.eval.max_proposals = 50
+  config.eval.min_proposal_size = 112
+  config.eval.proposal_size = (224, 224)
+  config.eval.aggregate = 'max'
+  # A second model whose prediction is combined with this one's (EDeconvNet: DeconvNet + FCN-8s):
+  # a workdir, or a weights file with eval.ensemble_config (its recipe); '' = none.
+  config.eval.ensemble_with = ''
+  config.eval.ensemble_config = ''
+  # 'product' (DeconvNet's code: its max-aggregated scores x max(0, FCN scores)) | 'mean' (the
+  # paper: the mean of the two class-probability maps).
+  config.eval.ensemble_rule = 'product'
+  config.eval.crf = False  # Refine the class probabilities with the dense CRF (config.crf).
+
+  # ---------------------------------------------------------------- dense CRF
+  # Fully connected CRF (Kraehenbuehl & Koltun 2011), mean-field, Potts compatibility; defaults are
+  # DeconvNet's (inference/generate_EDeconvNet_CRF_results.m). jaxseg.ops.crf.
+  config.crf = ml_collections.ConfigDict()
+  config.crf.iterations = 10
+  config.crf.gaussian_sxy = 3.0  # Smoothness kernel: position stddev (pixels) ...
+  config.crf.gaussian_compat = 3.0  # ... and its Potts weight.
+  config.crf.bilateral_sxy = 20.0  # Appearance kernel: position stddev (pixels),
+  config.crf.bilateral_srgb = 3.0  # colour stddev (0-255 RGB),
+  config.crf.bilateral_compat = 5.0  # and its Potts weight.
   return config
