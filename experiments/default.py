@@ -84,8 +84,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.optim.momentum = 0.9
   config.optim.nesterov = False
   config.optim.weight_decay = 1e-4
-  config.optim.schedule = 'poly'  # poly | constant | cosine
+  config.optim.schedule = 'poly'  # poly | constant | cosine | step
   config.optim.poly_power = 0.9
+  config.optim.step_size = 10000  # schedule 'step' (Caffe's): lr x gamma every step_size updates.
+  config.optim.gamma = 0.1
   config.optim.warmup_steps = 0
   config.optim.head_lr_mult = 1.0  # LR multiplier for layers not in the pretrained backbone (PSPNet: 10).
   config.optim.grad_clip_norm = 0.0  # 0 = no clipping.

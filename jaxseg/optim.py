@@ -21,8 +21,10 @@ with base rate `lr`, warmup `w` and total steps `T`:
   warmup (s < w):   lr * (s + 1) / w
   poly:             lr * (1 - (s - w) / (T - w)) ** power
   cosine:           lr * 0.5 * (1 + cos(pi * (s - w) / (T - w)))
+  step:             lr * gamma ** floor(s / step_size)   (Caffe's lr_policy "step": DeconvNet)
   constant:         lr
-with (s - w) / (T - w) clipped to [0, 1].
+with (s - w) / (T - w) clipped to [0, 1]. Caffe's solver counts updates (iterations of iter_size
+micro-batches), as `s` does here with train.grad_accum_steps.
 """
 import collections
 import functools
@@ -36,7 +38,7 @@ import ml_collections
 import optax
 from flax import traverse_util
 
-SCHEDULES = ('poly', 'constant', 'cosine')
+SCHEDULES = ('poly', 'constant', 'cosine', 'step')
 OPTIMIZERS = ('sgd', 'adam', 'adamw')
 DECAYS = ('kernels', 'all')
 
@@ -55,6 +57,10 @@ def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
                      f'config.train.num_steps={total}.')
   decay_steps = max(total - warmup, 1)
   power = float(optim.poly_power)
+  step_size, gamma = int(optim.step_size), float(optim.gamma)
+  if optim.schedule == 'step' and (step_size <= 0 or not 0 < gamma <= 1):
+    raise ValueError(f'config.optim.schedule=\'step\' needs config.optim.step_size > 0 (got '
+                     f'{step_size}) and 0 < config.optim.gamma <= 1 (got {gamma}).')
 
   def schedule(count):
     s = jnp.asarray(count, jnp.float32)
@@ -63,6 +69,8 @@ def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
       lr = base * (1.0 - t) ** power
     elif optim.schedule == 'cosine':
       lr = base * 0.5 * (1.0 + jnp.cos(jnp.pi * t))
+    elif optim.schedule == 'step':
+      lr = base * gamma ** jnp.floor(s / step_size)
     else:
       lr = jnp.full_like(s, base)
     if warmup:

@@ -18,6 +18,7 @@ import default  # noqa: E402  pylint: disable=g-import-not-at-top
 def make_config(**optim_fields):
   config = default.get_config()
   config.train.num_steps = 100
+  config.train.num_steps = optim_fields.pop('num_steps', 100)
   for key, value in optim_fields.items():
     config.optim[key] = value
   return config
@@ -32,6 +33,18 @@ def closed_form(name, s, lr=0.01, warmup=0, total=100, power=0.9):
   if name == 'cosine':
     return lr * 0.5 * (1 + math.cos(math.pi * t))
   return lr
+
+
+def test_step_schedule_is_caffes():
+  # Caffe's "step" policy (DeconvNet's solvers): base_lr * gamma ^ floor(iter / stepsize).
+  config = make_config(schedule='step', learning_rate=0.01, step_size=9000, gamma=0.1,
+                       num_steps=20000)
+  schedule = optim.learning_rate_schedule(config)
+  for s, want in [(0, 0.01), (8999, 0.01), (9000, 0.001), (17999, 0.001), (18000, 1e-4),
+                  (19999, 1e-4)]:
+    assert float(schedule(s)) == pytest.approx(want, rel=1e-6)
+  with pytest.raises(ValueError, match='config.optim.step_size'):
+    optim.learning_rate_schedule(make_config(schedule='step', step_size=0))
 
 
 @pytest.mark.parametrize('name', ['poly', 'cosine', 'constant'])
@@ -49,7 +62,7 @@ def test_schedule_closed_form(name, warmup):
 
 def test_bad_fields_are_named():
   with pytest.raises(ValueError, match='config.optim.schedule'):
-    optim.learning_rate_schedule(make_config(schedule='step'))
+    optim.learning_rate_schedule(make_config(schedule='exponential'))
   with pytest.raises(ValueError, match='config.optim.warmup_steps'):
     optim.learning_rate_schedule(make_config(warmup_steps=100))
   with pytest.raises(ValueError, match='config.optim.name'):
