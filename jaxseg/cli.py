@@ -109,11 +109,24 @@ def cmd_train(args: argparse.Namespace) -> int:
   return 0
 
 
+def _inference_overrides(args: argparse.Namespace) -> None:
+  """--crf, --proposals and --ensemble-with as the config.eval fields they stand for."""
+  extra = []
+  if args.crf:
+    extra.append(('eval.crf', 'true'))
+  if args.proposals:
+    extra += [('eval.mode', 'proposals'), ('eval.proposals', args.proposals)]
+  if args.ensemble_with:
+    extra.append(('eval.ensemble_with', args.ensemble_with))
+  args.config_overrides = list(args.config_overrides) + extra
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
   from jaxseg import inference, launch  # pylint: disable=g-import-not-at-top
   # One process per host, as `jaxseg train`: each reads its share of the split and the
   # confusion matrix is summed across hosts. Must run before anything touches a device.
   launch.initialize_from_environment()
+  _inference_overrides(args)
   restored = _restore(args)
   config, step = restored.config, restored.step
   source = args.weights or f'step {step}'
@@ -135,12 +148,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
   from jaxseg import inference  # pylint: disable=g-import-not-at-top
   from jaxseg.data import classes  # pylint: disable=g-import-not-at-top
+  _inference_overrides(args)
   restored = _restore(args)
   config = restored.config
   predictor = inference.predictor_from_config(config, restored.model, restored.variables,
                                               bucket=args.bucket)
   source = args.weights or f'step {restored.step}'
-  print(f'{config.model.name} {source}, eval.mode={config.eval.mode}')
+  extras = ''.join(f', {k}' for k, on in (('CRF', config.eval.crf),
+                                            (f'ensemble with {config.eval.ensemble_with}',
+                                             config.eval.ensemble_with)) if on)
+  print(f'{config.model.name} {source}, eval.mode={config.eval.mode}{extras}')
   written = inference.predict_files(predictor, args.input, args.output,
                                     classes.palette_for(config.data.dataset))
   return 1 if written['failed'] else 0
@@ -203,6 +220,18 @@ def _background_only_miou(confusion: Any) -> float:
 
 
 # ---------------------------------------------------------------- parser
+def _add_inference_flags(p: argparse.ArgumentParser) -> None:
+  p.add_argument('--crf', action='store_true',
+                 help='refine with the dense CRF (config.eval.crf; parameters config.crf.*)')
+  p.add_argument('--proposals', help="DeconvNet's instance-wise inference over these object "
+                 "proposals: a file or folder keyed by image id (file stem), or "
+                 "'selective_search' (sets config.eval.mode=proposals, config.eval.proposals)")
+  p.add_argument('--ensemble-with', '--ensemble_with', dest='ensemble_with',
+                 help='a second trained workdir whose prediction is combined with this one '
+                 "(config.eval.ensemble_with, rule config.eval.ensemble_rule), e.g. EDeconvNet's "
+                 'FCN-8s')
+
+
 def build_parser() -> argparse.ArgumentParser:
   common = argparse.ArgumentParser(add_help=False)
   common.add_argument('--traceback', action='store_true',
@@ -231,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument('--split', help='dataset split (default: config.data.eval_split)')
   p.add_argument('--checkpoint', type=_checkpoint_arg, default='best',
                  help='best (by eval mean IoU; latest if none evaluated), latest or a step')
+  _add_inference_flags(p)
   p.set_defaults(func=cmd_eval)
 
   p = sub.add_parser('predict', parents=[common], help='segment image files')
@@ -242,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument('--checkpoint', type=_checkpoint_arg, default='best')
   p.add_argument('--bucket', type=int, default=64,
                  help='pad images to multiples of this (fewer recompilations)')
+  _add_inference_flags(p)
   p.set_defaults(func=cmd_predict)
 
   p = sub.add_parser('demo', parents=[common],

@@ -65,7 +65,6 @@ def check_model(config: ml_collections.ConfigDict, model: Any) -> None:
 
   Raises ValueError naming the config fields when the model cannot take those inputs.
   """
-  from jaxseg import inference  # pylint: disable=g-import-not-at-top
   height, width = (int(v) for v in config.data.crop_size)
   init_model = model.clone(sync_bn_axis=None)
   rngs = {'params': jax.random.PRNGKey(0), 'dropout': jax.random.PRNGKey(1)}
@@ -78,12 +77,22 @@ def check_model(config: ml_collections.ConfigDict, model: Any) -> None:
   if not evaluates(config):
     return
   eval_hw = tuple(int(v) for v in config.data.eval_size)
+  from jaxseg.inference import chain  # pylint: disable=g-import-not-at-top
+  partner = chain.load_partner(config)  # The ensemble partner loads (a named, readable source).
+  pipeline = chain.Chain.from_config(config, partner.config if partner else None)
+  count = 1
+  if pipeline.needs_windows:
+    count = chain.WindowSource(config).count  # The proposals source exists.
+  partner_model = partner.model.clone(sync_bn_axis=None) if partner else None
   try:
-    def infer(variables, images, sizes):
-      apply_fn = inference.model_apply_fn(init_model, variables)
-      return inference.config_inference_fn(apply_fn, config)(images, sizes)
-    jax.eval_shape(infer, variables, jax.ShapeDtypeStruct((1, *eval_hw, 3), jnp.float32),
-                   jax.ShapeDtypeStruct((1, 2), jnp.int32))
+    def infer(variables, partner_variables, pixels, sizes, windows, valid):
+      return pipeline(init_model, variables, pixels, sizes, windows, valid, partner_model,
+                      partner_variables)
+    jax.eval_shape(infer, variables, partner.variables if partner else {},
+                   jax.ShapeDtypeStruct((1, *eval_hw, 3), jnp.uint8),
+                   jax.ShapeDtypeStruct((1, 2), jnp.int32),
+                   jax.ShapeDtypeStruct((1, count, 4), jnp.int32),
+                   jax.ShapeDtypeStruct((1, count), jnp.bool_))
   except ValueError as e:
     raise ValueError(
         f'evaluation cannot run: {config.model.name} with config.eval.mode={config.eval.mode!r} '

@@ -11,19 +11,120 @@ from etils import epath
 import numpy as np
 import PIL.Image
 import scipy.io
+import scipy.ndimage
 import tensorflow_datasets as tfds
 
 from jaxseg.data.classes import IGNORE_LABEL
 
 
-def segmentation_features(height: int | None = None, width: int | None = None
-                          ) -> tfds.features.FeaturesDict:
-  """{'image': uint8 (H, W, 3), 'label': uint8 (H, W) with 255 = ignore, 'id': text}."""
+def segmentation_features(height: int | None = None, width: int | None = None,
+                          with_instances: bool = False) -> tfds.features.FeaturesDict:
+  """{'image': uint8 (H, W, 3), 'label': uint8 (H, W) with 255 = ignore, 'id': text}.
+
+  with_instances adds `instance_features(height, width)`.
+  """
   return tfds.features.FeaturesDict({
       'image': tfds.features.Image(shape=(height, width, 3)),
       'label': tfds.features.Tensor(shape=(height, width), dtype=np.uint8, encoding='zlib'),
       'id': tfds.features.Text(),
+      **(instance_features(height, width) if with_instances else {}),
   })
+
+
+def instance_features(height: int | None = None, width: int | None = None
+                      ) -> dict[str, tfds.features.FeatureConnector]:
+  """The object-instance features, as written by `objects_from_instances`.
+
+  'instance': uint8 (H, W, 1) PNG of instance ids per pixel: 0 = no object, k = object k
+    (1-based, k <= 254), 255 = ignore (as VOC's SegmentationObject PNGs).
+  'objects': a sequence whose entry k-1 describes instance id k: 'label' int32, its class, and
+    'box' int32 (4,), the tight box (y0, x0, y1, x1) of its pixels, end exclusive.
+  """
+  return {
+      'instance': tfds.features.Image(shape=(height, width, 1), dtype=np.uint8,
+                                      encoding_format='png'),
+      'objects': tfds.features.Sequence({
+          'label': tfds.features.Tensor(shape=(), dtype=np.int32),
+          'box': tfds.features.Tensor(shape=(4,), dtype=np.int32),
+      }),
+  }
+
+
+def objects_from_instances(instance: np.ndarray, categories: Sequence[int], num_classes: int,
+                           path: epath.Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+  """Renumbers an instance map and describes its objects: the 'instance' and 'objects' features.
+
+  Args:
+    instance: (H, W) integer map: 0 = no object, 1..254 = instance ids, 255 = ignore.
+    categories: categories[k - 1] is the class of instance id k (SBD's GTinst.Categories layout);
+      entries of ids without pixels are not read.
+    num_classes: classes 1..num_classes-1 are object classes.
+    path: the instance file, for error messages.
+
+  Returns:
+    (instance, objects): the map as uint8 (H, W, 1) with the ids that have pixels renumbered
+    1..n in their original order (0 and 255 kept), and {'label': int32 (n,), 'box': int32 (n, 4)}
+    whose row k-1 is the class and the tight (y0, x0, y1, x1) box, end exclusive, of new id k.
+  """
+  instance = np.asarray(instance)
+  if instance.ndim != 2 or not np.issubdtype(instance.dtype, np.integer):
+    raise ValueError(f'{path}: instance map is {instance.dtype} {instance.shape}; expected a 2-D '
+                     'integer map.')
+  values = np.unique(instance)
+  bad = [int(v) for v in values if not 0 <= v <= IGNORE_LABEL]
+  if bad:
+    raise ValueError(f'{path}: instance ids {bad[:5]} are outside 0 (no object), 1..254 '
+                     f'(objects) and {IGNORE_LABEL} (ignore).')
+  ids = values[(values > 0) & (values < IGNORE_LABEL)].astype(int)
+  categories = np.asarray(categories).ravel()
+  if len(ids) and ids[-1] > len(categories):
+    raise ValueError(f'{path}: instance ids go up to {ids[-1]} but only {len(categories)} '
+                     f'categories are given (one class per instance id, 1-based): the instance '
+                     'map and its categories do not belong together; replace the file with the '
+                     'original from the dataset archive.')
+  labels = categories[ids - 1].astype(np.int64) if len(ids) else np.zeros(0, np.int64)
+  wrong = [(int(k), int(c)) for k, c in zip(ids, labels) if not 0 < c < num_classes]
+  if wrong:
+    raise ValueError(f'{path}: instances (id, class) {wrong[:5]} have classes outside the object '
+                     f'classes 1..{num_classes - 1}.')
+  lut = np.zeros(IGNORE_LABEL + 1, np.uint8)
+  lut[IGNORE_LABEL] = IGNORE_LABEL
+  lut[ids] = np.arange(1, len(ids) + 1)
+  renumbered = lut[instance]
+  slices = scipy.ndimage.find_objects(np.where(renumbered == IGNORE_LABEL, 0, renumbered),
+                                      max_label=len(ids))
+  boxes = np.array([(r.start, c.start, r.stop, c.stop) for r, c in slices], np.int32)
+  return renumbered[..., None], {'label': labels.astype(np.int32),
+                                 'box': boxes.reshape(len(ids), 4)}
+
+
+def categories_from_label(instance: np.ndarray, label: np.ndarray, instance_path: epath.Path,
+                          label_path: epath.Path) -> np.ndarray:
+  """The class of each instance id 1..max: the majority class of its pixels in the label map.
+
+  VOC's SegmentationObject PNGs carry instance ids only; their classes are in SegmentationClass,
+  which in the official data has exactly one class under each instance. Should an instance cover
+  several classes, the most frequent non-ignore value wins (ties: the lower class id). Ids without
+  pixels get class 0 (`objects_from_instances` drops them).
+
+  Raises:
+    ValueError: naming both files, if an instance lies on background or ignore pixels only
+      (the majority value is 0 or it has no non-ignore pixel).
+  """
+  instance = np.asarray(instance).astype(np.int64)
+  keep = (instance > 0) & (instance < IGNORE_LABEL) & (label != IGNORE_LABEL)
+  ids = np.unique(instance[(instance > 0) & (instance < IGNORE_LABEL)])
+  size = int(ids.max()) + 1 if len(ids) else 1
+  votes = np.zeros((size, IGNORE_LABEL + 1), np.int64)
+  np.add.at(votes, (instance[keep], label[keep].astype(np.int64)), 1)
+  categories = votes.argmax(1)
+  for k in ids:
+    if not votes[k].any() or categories[k] == 0:
+      raise ValueError(
+          f'{instance_path}: instance {k} has no object class under its pixels in {label_path} '
+          f'(values {np.flatnonzero(votes[k]).tolist()}, 255 excluded): the instance map and '
+          'its class mask do not match; replace both with the originals from the archive.')
+  return categories[1:]
 
 
 def read_bytes(path: epath.Path, what: str) -> bytes:
@@ -63,12 +164,13 @@ def read_image(path: epath.Path) -> tuple[bytes, tuple[int, int]]:
                      'from the dataset archive.') from e
 
 
-def read_index_mask(path: epath.Path) -> np.ndarray:
+def read_index_mask(path: epath.Path, what: str = 'label mask') -> np.ndarray:
   """A label PNG as class indices: palette indices for mode 'P', values for mode 'L'.
 
-  Colours are never mapped to classes: an RGB mask is an error.
+  Colours are never mapped to classes: an RGB mask is an error. `what` names the file's role in
+  errors ('label mask', 'instance mask').
   """
-  data = read_bytes(path, 'label mask')
+  data = read_bytes(path, what)
   try:
     with PIL.Image.open(io.BytesIO(data)) as mask:
       mask.load()
@@ -76,30 +178,53 @@ def read_index_mask(path: epath.Path) -> np.ndarray:
       if mode in ('P', 'L'):
         return np.array(mask, dtype=np.uint8)
   except (OSError, SyntaxError, ValueError, PIL.Image.DecompressionBombError) as e:
-    raise ValueError(f'{path}: unreadable label mask ({e}). Replace the file with the original '
+    raise ValueError(f'{path}: unreadable {what} ({e}). Replace the file with the original '
                      'from the dataset archive.') from e
   raise ValueError(
-      f'{path}: label mask has PIL mode {mode!r}; expected a palette (P) or greyscale (L) PNG '
-      'whose pixel values are class indices. jaxseg never maps colours to classes: convert the '
+      f'{path}: {what} has PIL mode {mode!r}; expected a palette (P) or greyscale (L) PNG '
+      'whose pixel values are indices. jaxseg never maps colours to indices: convert the '
       'mask to an index image first.')
 
 
 def read_sbd_mat(path: epath.Path) -> np.ndarray:
   """The class mask of an SBD `cls/<id>.mat` file (MATLAB struct GTcls, field Segmentation)."""
-  data = read_bytes(path, 'SBD class mask')
+  return _sbd_fields(path, 'GTcls', ('Segmentation',), 'class mask', 'cls')[0]
+
+
+def read_sbd_inst_mat(path: epath.Path) -> tuple[np.ndarray, np.ndarray]:
+  """The instance map and classes of an SBD `inst/<id>.mat` file.
+
+  MATLAB struct GTinst: Segmentation (H, W) uint8 with 0 = no object and k = instance k;
+  Categories (n, 1), the class (1..20) of instance k in row k-1; Boundaries is not read.
+
+  Returns:
+    (segmentation (H, W), categories (n,)).
+  """
+  seg, categories = _sbd_fields(path, 'GTinst', ('Segmentation', 'Categories'), 'instance mask',
+                                'inst')
+  if categories.size and not np.issubdtype(categories.dtype, np.integer):
+    raise ValueError(f'{path}: GTinst.Categories is {categories.dtype}; expected integer class '
+                     'ids, one per instance.')
+  return seg, categories.ravel().astype(np.int64)
+
+
+def _sbd_fields(path, struct, fields, what, folder):
+  data = read_bytes(path, f'SBD {what}')
   try:
     mat = scipy.io.loadmat(io.BytesIO(data))
   except Exception as e:  # scipy raises several unrelated types for corrupt files.
     raise ValueError(f'{path}: unreadable .mat file ({e}).') from e
   try:
-    seg = np.asarray(mat['GTcls']['Segmentation'][0, 0])
+    values = [np.asarray(mat[struct][field][0, 0]) for field in fields]
   except (KeyError, ValueError, IndexError, TypeError):
-    raise ValueError(f'{path}: no struct GTcls with field Segmentation; expected an SBD '
-                     'dataset/cls/*.mat file.') from None
+    raise ValueError(f'{path}: no struct {struct} with field{"s" if len(fields) > 1 else ""} '
+                     f'{" and ".join(fields)}; expected an SBD dataset/{folder}/*.mat file.'
+                     ) from None
+  seg = values[0]
   if seg.ndim != 2 or not np.issubdtype(seg.dtype, np.integer):
-    raise ValueError(f'{path}: GTcls.Segmentation is {seg.dtype} {seg.shape}; expected a 2-D '
+    raise ValueError(f'{path}: {struct}.Segmentation is {seg.dtype} {seg.shape}; expected a 2-D '
                      'integer mask.')
-  return seg
+  return values
 
 
 def check_label_values(label: np.ndarray, num_classes: int, path: epath.Path) -> None:

@@ -6,7 +6,10 @@ window seeded by (config.seed, process, epoch), decodes, augments every example 
 seed derived from (config.seed, epoch, example index) and batches across epoch boundaries. The
 batch at step s is therefore a pure function of (config, process count, s), and
 `train_iterator(config, mesh, start_step)` skips whole epochs arithmetically and only the records
-before `start_step` inside its epoch (still encoded: nothing is decoded while skipping).
+before `start_step` inside its epoch (still encoded: nothing is decoded while skipping). With
+config.data.windows 'objects' or 'proposals' (DeconvNet's two training stages, windows.py) a train
+example is a window cut around an object: an epoch is every window of the slice, known in advance
+from one pass over the split's 'objects' (`window_plan`), and skipping counts windows.
 
 Eval: every image is padded bottom/right to `config.data.eval_size` (image with the mean, i.e. 0
 after normalisation; label 255), keeps its original height/width, and the last batch is filled with
@@ -43,6 +46,7 @@ import tensorflow_datasets as tfds  # noqa: E402
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # noqa: E402
 
 from jaxseg.data import augment  # noqa: E402
+from jaxseg.data import windows  # noqa: E402
 
 try:  # TF must leave accelerators to JAX.
   tf.config.set_visible_devices([], 'GPU')
@@ -189,7 +193,8 @@ def _process_slice(builder: tfds.core.DatasetBuilder, split: str, process_index:
 
 def _read(builder: tfds.core.DatasetBuilder, split: Any) -> tf.data.Dataset:
   """Raw examples in a fixed order; image and label are still encoded (decoded by `_decode`)."""
-  decoders = {k: tfds.decode.SkipDecoding() for k in ('image', 'label')}
+  decoders = {k: tfds.decode.SkipDecoding() for k in ('image', 'label', 'instance')
+              if k in builder.info.features}
   read_config = tfds.ReadConfig(try_autocache=False)
   return builder.as_dataset(split=split, shuffle_files=False, decoders=decoders,
                             read_config=read_config)
@@ -405,23 +410,119 @@ def _fold(seed: tf.Tensor, *data: Any) -> tf.Tensor:
   return seed
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainWindows:
+  """What one train example is (config.data.windows; jaxseg.data.windows), read once.
+
+  'image': a crop of the whole image. 'objects' / 'proposals': DeconvNet's stage-1 / stage-2
+  windows, each resized to `resize` before the train transform; `per_object` windows per object
+  and epoch, classes balanced when `balance`.
+  """
+  mode: str
+  context: float = 1.2
+  resize: tuple[int, int] = (250, 250)
+  balance: bool = False
+  min_iou: float = 0.5
+  per_object: int = 1
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict,
+                  builder: tfds.core.DatasetBuilder) -> 'TrainWindows':
+    d = config.data
+    if d.windows not in windows.MODES:
+      raise ValueError(f'config.data.windows={d.windows!r} is unknown; use one of '
+                       f'{windows.MODES}.')
+    if d.windows == 'image':
+      if d.balance_classes:
+        raise ValueError("config.data.balance_classes=True balances object windows; set "
+                         "config.data.windows='objects' or 'proposals', or balance_classes=False.")
+      if d.proposals:
+        raise ValueError(f'config.data.proposals={d.proposals!r} is read only with '
+                         "config.data.windows='proposals'.")
+      return cls('image')
+    missing = {'instance', 'objects'} - set(builder.info.features.keys())
+    if missing:
+      raise ValueError(
+          f'config.data.windows={d.windows!r} needs object annotations, but '
+          f'config.data.dataset={d.dataset!r} has no feature(s) {sorted(missing)}; use a dataset '
+          "with instances (voc2012_segmentation, synthetic_shapes) or config.data.windows='image'.")
+    if d.windows == 'objects' and d.proposals:
+      raise ValueError(f'config.data.proposals={d.proposals!r} is read only with '
+                       "config.data.windows='proposals' (stage 2).")
+    if d.windows == 'proposals' and d.proposals:
+      raise ValueError(
+          f'config.data.proposals={d.proposals!r}: train windows from a proposals file are not '
+          'supported; leave config.data.proposals empty to sample proposal windows around each '
+          'object (jaxseg.data.windows.sample_proposal).')
+    if not d.window_context >= 1.:
+      raise ValueError(f'config.data.window_context={d.window_context} must be >= 1 (the box '
+                       'enlargement; DeconvNet: 1.2).')
+    resize = tuple(int(v) for v in d.window_resize)
+    if len(resize) != 2 or min(resize) <= 0:
+      raise ValueError(f'config.data.window_resize={tuple(d.window_resize)} must be two positive '
+                       'ints (H, W).')
+    if not 0. < d.proposal_min_iou <= 1.:
+      raise ValueError(f'config.data.proposal_min_iou={d.proposal_min_iou} must lie in (0, 1].')
+    per_object = windows.PROPOSALS_PER_OBJECT if d.windows == 'proposals' else 1
+    return cls(d.windows, float(d.window_context), resize, bool(d.balance_classes),
+               float(d.proposal_min_iou), per_object)
+
+
+def object_classes(builder: tfds.core.DatasetBuilder, split: Any) -> list[np.ndarray]:
+  """The class of every object of every example of `split`, in the train stream's record order.
+
+  Reads the 'objects' labels only (no image is decoded).
+  """
+  decoders = tfds.decode.PartialDecoding({'objects': {'label': True}})
+  ds = builder.as_dataset(split=split, shuffle_files=False, decoders=decoders,
+                          read_config=tfds.ReadConfig(try_autocache=False))
+  ds = ds.map(lambda ex: ex['objects']['label'])
+  return [np.asarray(c, np.int64) for c in ds.as_numpy_iterator()]
+
+
+def window_plan(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder,
+                spec: TrainWindows) -> windows.WindowPlan:
+  """The windows of one epoch of the whole train split (class counts over the whole split)."""
+  classes = object_classes(builder, config.data.train_split)
+  return windows.plan_windows(classes, int(config.data.num_classes), spec.per_object,
+                              spec.balance, f'config.data.dataset={config.data.dataset!r}')
+
+
 def _train_dataset(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder, *,
                    process_index: int, process_count: int, local_batch_size: int,
                    start_step: int = 0) -> tf.data.Dataset:
   """This process's infinite stream of local train batches from `start_step` on.
 
-  Batches hold 'image', 'label' and, for tests, 'index' (example index in the split) and 'epoch'.
+  Batches hold 'image', 'label' and, for tests, 'index' (example index in the split), 'epoch'
+  and 'slot' (the window's number within its example; 0 for whole-image examples).
+
+  With config.data.windows 'objects'/'proposals' an epoch is every window of the process's
+  examples (`window_plan`): records are shuffled as for images, each is repeated once per window
+  (still encoded), the windows are shuffled through a second buffer of config.data.shuffle_buffer,
+  and resuming skips windows (whole epochs arithmetically). Each window is decoded, cut and
+  resized (jaxseg.data.windows), then transformed with the seed (config.seed, epoch, index, slot).
   """
   if start_step < 0:
     raise ValueError(f'start_step={start_step} must be >= 0.')
   transform = TrainAugment.from_config(config)
+  spec = TrainWindows.from_config(config, builder)
   part = _process_slice(builder, config.data.train_split, process_index, process_count,
                         'config.data.train_split')
   if part.size == 0:
     raise ValueError(f'config.data.train_split={config.data.train_split!r} has too few examples '
                      f'to give each of {process_count} processes one.')
-  epoch0, skip0 = divmod(start_step * local_batch_size, part.size)
+  per_epoch = part.size
+  if spec.mode != 'image':
+    plan = window_plan(config, builder, spec).slice(part.offset, part.size)
+    per_epoch = plan.total
+    if per_epoch == 0:
+      raise ValueError(f'config.data.train_split={config.data.train_split!r} of '
+                       f'config.data.dataset={config.data.dataset!r} has no objects in process '
+                       f"{process_index}'s share: config.data.windows={spec.mode!r} has no "
+                       'windows to train on.')
+  epoch0, skip0 = divmod(start_step * local_batch_size, per_epoch)
   buffer = max(1, min(int(config.data.shuffle_buffer), part.size))
+  window_buffer = max(1, min(int(config.data.shuffle_buffer), per_epoch))
   shuffle_root = tf.constant([config.seed, 1 + process_index], tf.int64)
   augment_root = tf.constant([config.seed, 0], tf.int64)
   records = _read(builder, part.split).enumerate(start=part.offset)
@@ -430,13 +531,48 @@ def _train_dataset(config: ml_collections.ConfigDict, builder: tfds.core.Dataset
     shuffle_seed = tf.random.stateless_uniform(
         [], _fold(shuffle_root, epoch), minval=0, maxval=2**31 - 1, dtype=tf.int64)
     ds = records.shuffle(buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
-    ds = ds.skip(tf.where(epoch == epoch0, tf.constant(skip0, tf.int64), 0))
-    return ds.map(lambda index, raw: (epoch, index, raw))
+    skip = tf.where(epoch == epoch0, tf.constant(skip0, tf.int64), 0)
+    if spec.mode == 'image':
+      return ds.skip(skip).map(lambda index, raw: (epoch, index, tf.constant(0, tf.int64), raw))
+    count = tf.constant(plan.count, tf.int64)
+    ds = ds.flat_map(lambda index, raw: tf.data.Dataset.from_tensors((index, raw)).repeat(
+        count[index - part.offset]).enumerate())
+    window_seed = tf.random.stateless_uniform(
+        [], _fold(shuffle_root, epoch, 1), minval=0, maxval=2**31 - 1, dtype=tf.int64)
+    ds = ds.shuffle(window_buffer, seed=window_seed, reshuffle_each_iteration=False)
+    return ds.skip(skip).map(lambda slot, record: (epoch, record[0], slot, record[1]))
 
-  def example(epoch, index, raw):
+  if spec.mode != 'image':
+    object_start = tf.constant(plan.object_start, tf.int64)
+    num_objects = tf.constant(plan.num_objects, tf.int64)
+    window_ends = tf.constant(plan.window_ends, tf.int64)
+    fill = np.asarray(mean_pixel(config.data.normalization), np.float32)
+    ignore = int(config.data.ignore_label)
+
+  def cut_window(raw, image, label, index, slot, seed):
+    """The window `slot` of example `index`, resized to spec.resize (uncentred, mean fill)."""
+    at = index - part.offset
+    k = windows.object_of_slot(window_ends, object_start[at], num_objects[at], slot)
+    objects = raw['objects']
+    boxes = tf.cast(objects['box'], tf.int32)
+    if spec.mode == 'objects':
+      instance = builder.info.features['instance'].decode_example(raw['instance'])
+      return windows.object_window(image, label, instance, tf.cast(objects['label'], tf.int32),
+                                   boxes, k, spec.context, spec.resize, fill, ignore)
+    image, label, _ = windows.proposal_window(image, label, boxes, k, seed, spec.context,
+                                              spec.min_iou, spec.resize, fill, ignore)
+    return image, label
+
+  def example(epoch, index, slot, raw):
     image, label = _decode(builder, raw)
-    image, label = transform(image, label, _fold(augment_root, epoch, index))
-    return {'image': image, 'label': label, 'index': index, 'epoch': epoch}
+    if spec.mode == 'image':
+      seed = _fold(augment_root, epoch, index)
+    else:
+      window_seed, seed = tf.unstack(augment.split_seed(_fold(augment_root, epoch, index, slot),
+                                                        2))
+      image, label = cut_window(raw, image, label, index, slot, window_seed)
+    image, label = transform(image, label, seed)
+    return {'image': image, 'label': label, 'index': index, 'epoch': epoch, 'slot': slot}
 
   ds = tf.data.Dataset.counter(epoch0).flat_map(one_epoch)
   ds = ds.map(example, num_parallel_calls=_parallelism(config))

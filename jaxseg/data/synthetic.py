@@ -8,6 +8,10 @@ second colours, objects occlude each other and run off the image edge, and the i
 contrast and noise jitter. Ignored pixels (255): a 1-pixel band on each side of every label
 boundary (as VOC's boundary band) and, in some scenes, a rectangular unlabelled patch.
 
+Every painted object is an instance ('instance', 'objects'; see checks.instance_features): its id
+is its painting order, later objects occlude earlier ones, the ignored pixels are 255 there too,
+and objects left without pixels (off the image, occluded, or all boundary) are dropped.
+
 Deterministic: example i of a split is a pure function of (config.seed, split, i). Configs:
 'default' (3,000 train / 300 val, 128x128) for the demo, 'tiny' (32 / 16, 64x64) for tests.
 Images are stored as JPEG (quality 90): the noise would make PNGs ~5x larger.
@@ -43,8 +47,11 @@ class SyntheticShapes(tfds.core.GeneratorBasedBuilder):
   # TFDS 4.9.10 derives this with the importlib_resources backport, which it does not install on
   # Python >= 3.9 (tensorflow/datasets#11212); the module file is what it would find.
   code_path = epath.Path(__file__)
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Six shape classes, boundary and patch ignore regions.'}
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {
+      '1.0.0': 'Six shape classes, boundary and patch ignore regions.',
+      '1.1.0': 'Object instances (instance, objects); scenes unchanged.',
+  }
   BUILDER_CONFIGS = [
       SyntheticConfig(name='default', description='3,000 train / 300 val scenes, 128x128.'),
       SyntheticConfig(name='tiny', num_train=32, num_val=16, height=64, width=64,
@@ -55,7 +62,7 @@ class SyntheticShapes(tfds.core.GeneratorBasedBuilder):
     config = self.builder_config
     return self.dataset_info_from_configs(
         description=__doc__,
-        features=checks.segmentation_features(config.height, config.width),
+        features=checks.segmentation_features(config.height, config.width, with_instances=True),
         supervised_keys=('image', 'label'),
         metadata=tfds.core.MetadataDict(class_names=list(SYNTHETIC_CLASSES), ignore_label=255),
     )
@@ -69,10 +76,13 @@ class SyntheticShapes(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, split: str, num_examples: int):
     config = self.builder_config
     for index in range(num_examples):
-      image, label = render_scene(scene_rng(config.seed, split, index), config.height,
-                                  config.width)
       example_id = f'{split}_{index:05d}'
-      yield example_id, {'image': encode_jpeg(image), 'label': label, 'id': example_id}
+      image, label, instance, classes = render_scene_with_instances(
+          scene_rng(config.seed, split, index), config.height, config.width)
+      instance, objects = checks.objects_from_instances(
+          instance, classes, len(SYNTHETIC_CLASSES), f'synthetic_shapes scene {example_id}')
+      yield example_id, {'image': encode_jpeg(image), 'label': label, 'id': example_id,
+                         'instance': instance, 'objects': objects}
 
 
 def encode_jpeg(image: np.ndarray) -> bytes:
@@ -89,9 +99,23 @@ def scene_rng(seed: int, split: str, index: int) -> np.random.Generator:
 def render_scene(rng: np.random.Generator, height: int, width: int
                  ) -> tuple[np.ndarray, np.ndarray]:
   """One scene: image uint8 (H, W, 3) and label uint8 (H, W) with classes 0..6 and 255."""
+  image, label, _, _ = render_scene_with_instances(rng, height, width)
+  return image, label
+
+
+def render_scene_with_instances(rng: np.random.Generator, height: int, width: int
+                                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
+  """One scene and its objects: (image, label, instance, classes).
+
+  image and label are `render_scene`'s (the same random draws); instance is uint8 (H, W): 0 where
+  no object is visible, k where object k (1-based painting order) is on top, 255 wherever label is
+  255; classes[k - 1] is the class of object k. Objects may have no visible pixels.
+  """
   yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
   image = _background(rng, yy, xx)
   label = np.zeros((height, width), np.uint8)
+  instance = np.zeros((height, width), np.uint8)
+  classes = []
   scale = min(height, width)
 
   for _ in range(rng.integers(0, 5)):  # Distractors: background, but object-like colours.
@@ -112,6 +136,8 @@ def render_scene(rng: np.random.Generator, height: int, width: int
     hue = (cls - 1) * 360 / len(SHAPES) + rng.normal(0, 25)
     _paint(image[box], mask, _texture(rng, a, b, _colour(rng, hue)))
     label[box][mask] = cls
+    classes.append(cls)
+    instance[box][mask] = len(classes)
 
   label[_boundary(label)] = IGNORE_LABEL
   if rng.uniform() < 0.2:  # An unlabelled patch, as in partially annotated real data.
@@ -123,7 +149,8 @@ def render_scene(rng: np.random.Generator, height: int, width: int
   image = (image - 0.5) * contrast + 0.5 + brightness + rng.uniform(0, 0.3) * rng.uniform(
       -0.1, 0.1, 3)
   image += rng.uniform(0, 0.06) * rng.standard_normal(image.shape, dtype=np.float32)
-  return (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8), label
+  instance[label == IGNORE_LABEL] = IGNORE_LABEL
+  return (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8), label, instance, classes
 
 
 def _local_coords(yy, xx, center, theta, radius):

@@ -16,6 +16,14 @@ Config 'voc_only' needs no SBD and has train, val and seg11valid only.
 
 Masks are read as palette indices (PIL mode 'P'), 255 (boundary/ignore) kept; SBD masks come from
 cls/<id>.mat, struct GTcls, field Segmentation.
+
+Object instances (DeconvNet's object-centred training crops) follow the label's source: VOC's
+SegmentationObject/<id>.png (palette index = instance id, 255 boundary band; the path VOCdevkit's
+VOCopts.seg.instimgpath names, as in DeconvNet's inference/util/init_VOC2012_TEST.m) with the class
+of each instance taken from SegmentationClass (the majority non-255 value under its pixels; they
+agree exactly in the official data), or SBD's inst/<id>.mat (struct GTinst: Segmentation holds the
+instance ids, Categories the class of instance k in row k). Features 'instance' and 'objects'
+(class and tight box per instance) are described in checks.instance_features.
 """
 import dataclasses
 import functools
@@ -40,8 +48,9 @@ SPLIT_SIZES = {'train': 1464, 'val': 1449, 'seg11valid': 736, 'train_aug': 10582
                'sbd_train': 8498}
 SBD_SIZES = {'train': 8498, 'val': 2857}
 
-_VOC_LAYOUT = 'VOCdevkit/VOC2012/{ImageSets/Segmentation,JPEGImages,SegmentationClass}'
-_SBD_LAYOUT = 'benchmark_RELEASE/dataset/{cls,img,train.txt,val.txt}'
+_VOC_LAYOUT = ('VOCdevkit/VOC2012/{ImageSets/Segmentation,JPEGImages,SegmentationClass,'
+               'SegmentationObject}')
+_SBD_LAYOUT = 'benchmark_RELEASE/dataset/{cls,inst,img,train.txt,val.txt}'
 
 
 @functools.cache
@@ -75,14 +84,18 @@ class VocConfig(tfds.core.BuilderConfig):
 
 
 class Voc2012Segmentation(tfds.core.GeneratorBasedBuilder):
-  """PASCAL VOC 2012 semantic segmentation (21 classes, 255 = ignore), optionally with SBD."""
+  """PASCAL VOC 2012 segmentation (21 classes, 255 = ignore) and instances, optionally with SBD."""
 
   name = 'voc2012_segmentation'
   # TFDS 4.9.10 derives this with the importlib_resources backport, which it does not install on
   # Python >= 3.9 (tensorflow/datasets#11212); the module file is what it would find.
   code_path = epath.Path(__file__)
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'VOC2012 train/val, seg11valid, SBD train_aug and sbd_train.'}
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {
+      '1.0.0': 'VOC2012 train/val, seg11valid, SBD train_aug and sbd_train.',
+      '1.1.0': 'Object instances: instance (VOC SegmentationObject / SBD inst) and objects (class, '
+               'box).',
+  }
   BUILDER_CONFIGS = [
       VocConfig(name='full', description='VOC2012 + SBD: train, val, seg11valid, train_aug, '
                 'sbd_train.'),
@@ -97,12 +110,13 @@ class Voc2012Segmentation(tfds.core.GeneratorBasedBuilder):
   or their extracted folders:
     {_VOC_LAYOUT}
     {_SBD_LAYOUT}
+  SegmentationObject (VOC) and inst (SBD) hold the object instances; both archives ship them.
   """
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
         description=__doc__,
-        features=checks.segmentation_features(),
+        features=checks.segmentation_features(with_instances=True),
         supervised_keys=('image', 'label'),
         homepage='http://host.robots.ox.ac.uk/pascal/VOC/voc2012/',
         citation=_CITATION,
@@ -142,7 +156,7 @@ class Voc2012Segmentation(tfds.core.GeneratorBasedBuilder):
           self._example_files(i, voc_root, sbd_root,
                               use_voc_mask=i in voc_labelled and split != 'sbd_train')
           for i in ids]
-    files = {p for rows in examples.values() for _, image, label in rows for p in (image, label)}
+    files = {p for rows in examples.values() for row in rows for p in row[1:]}
     checks.require_files(
         sorted(files), 'source files listed in the split lists are',
         f'Re-extract {VOC_ARCHIVE}' + (f' and {SBD_ARCHIVE}' if sbd_root else '') +
@@ -150,26 +164,38 @@ class Voc2012Segmentation(tfds.core.GeneratorBasedBuilder):
     return {split: self._generate_examples(rows) for split, rows in examples.items()}
 
   def _example_files(self, example_id, voc_root, sbd_root, use_voc_mask):
+    """(id, image, label, instance) paths; label and instance come from the same source."""
     image = voc_root / 'JPEGImages' / f'{example_id}.jpg'
     if sbd_root is not None and not image.exists():
       sbd_image = sbd_root / 'img' / f'{example_id}.jpg'  # SBD ships the same VOC JPEGs.
       image = sbd_image if sbd_image.exists() else image
     if use_voc_mask:
       label = voc_root / 'SegmentationClass' / f'{example_id}.png'
+      instance = voc_root / 'SegmentationObject' / f'{example_id}.png'
     else:
       label = sbd_root / 'cls' / f'{example_id}.mat'
-    return example_id, image, label
+      instance = sbd_root / 'inst' / f'{example_id}.mat'
+    return example_id, image, label, instance
 
   def _generate_examples(self, rows):
-    for example_id, image_path, label_path in rows:
+    num_classes = len(VOC_CLASSES)
+    for example_id, image_path, label_path, instance_path in rows:
       image, image_hw = checks.read_image(image_path)
       if label_path.suffix == '.mat':
         label = checks.read_sbd_mat(label_path)
+        instance, categories = checks.read_sbd_inst_mat(instance_path)
       else:
         label = checks.read_index_mask(label_path)
+        instance, categories = checks.read_index_mask(instance_path, 'instance mask'), None
       checks.check_same_size(image_hw, label, image_path, label_path)
-      checks.check_label_values(label, len(VOC_CLASSES), label_path)
-      yield example_id, {'image': image, 'label': label.astype(np.uint8), 'id': example_id}
+      checks.check_same_size(image_hw, instance, image_path, instance_path)
+      checks.check_label_values(label, num_classes, label_path)
+      if categories is None:  # VOC: the classes are those of SegmentationClass.
+        categories = checks.categories_from_label(instance, label, instance_path, label_path)
+      instance, objects = checks.objects_from_instances(instance, categories, num_classes,
+                                                        instance_path)
+      yield example_id, {'image': image, 'label': label.astype(np.uint8), 'id': example_id,
+                         'instance': instance, 'objects': objects}
 
   # -------------------------------------------------------------- locating the sources
 

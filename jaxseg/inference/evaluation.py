@@ -23,38 +23,36 @@ from etils import epath
 from jaxseg import metrics
 from jaxseg import storage
 from jaxseg.data import classes
-from jaxseg.inference import modes
+from jaxseg.inference import chain
 
 
 # ---------------------------------------------------------------- compiled eval step
 @functools.lru_cache(maxsize=16)
-def _eval_step(model: Any, mesh: Mesh, mode: str, crop: tuple[int, ...],
-               stride: tuple[int, ...], scales: tuple[float, ...], flip: bool, base_size: int,
-               num_classes: int, ignore: int, normalization: str
-               ) -> Callable[..., tuple[jax.Array, jax.Array]]:
+def _eval_step(model: Any, partner_model: Any, mesh: Mesh, pipeline: chain.Chain,
+               num_classes: int, ignore: int) -> Callable[..., tuple[jax.Array, jax.Array]]:
   """jit(shard_map(per-device step)); cached so repeated evals during training compile once.
 
-  step(variables, images, labels, valid, heights, widths, cm) -> (cm, per-image confusion).
+  step(variables, partner_variables, pixels, labels, valid, heights, widths, windows,
+  window_valid, cm) -> (cm, per-image confusion).
   """
 
-  def per_device(variables, images, labels, valid, heights, widths, cm):
-    # Pixels from the input pipeline: normalise on the device. The canvas past each image is
-    # the mean pixel rounded to uint8 (about 0 after this); multiscale never reads it, and pads
-    # with exactly 0, the normalised mean, as test.py pads with the mean.
-    if images.dtype == jnp.uint8:
-      from jaxseg.data import pipeline  # pylint: disable=g-import-not-at-top  (imports TF)
-      images = pipeline.normalize(images, normalization)
-    infer = modes.inference_fn(modes.model_apply_fn(model, variables), mode, crop, stride,
-                               scales, flip, base_size)
+  def per_device(variables, partner_variables, pixels, labels, valid, heights, widths, windows,
+                 window_valid, cm):
+    # Pixels from the input pipeline (uint8): each model normalises them on the device. The
+    # canvas past each image is the mean pixel rounded to uint8 (about 0 after normalising);
+    # multiscale never reads it, and pads with exactly 0, the normalised mean, as test.py does.
     sizes = jnp.stack([heights, widths], axis=-1).astype(jnp.int32)
-    pred = jnp.argmax(infer(images, sizes), axis=-1)
+    out = pipeline(model, variables, pixels, sizes, windows, window_valid, partner_model,
+                   partner_variables)
+    pred = jnp.argmax(out, axis=-1)
     per_image = metrics.per_image_confusion(pred, labels, num_classes, ignore, valid)
     return cm + jax.lax.psum(per_image.sum(0), 'data'), per_image
 
   step = jax.shard_map(per_device, mesh=mesh,
-                       in_specs=(P(), P('data'), P('data'), P('data'), P('data'), P('data'), P()),
+                       in_specs=(P(), P(), P('data'), P('data'), P('data'), P('data'), P('data'),
+                                 P('data'), P('data'), P()),
                        out_specs=(P(), P('data')))
-  return jax.jit(step, donate_argnums=(6,))
+  return jax.jit(step, donate_argnums=(9,))
 
 
 def _batch_sizes(batch: dict[str, Any], mesh: Mesh) -> tuple[Any, Any]:
@@ -65,6 +63,25 @@ def _batch_sizes(batch: dict[str, Any], mesh: Mesh) -> tuple[Any, Any]:
   shard = NamedSharding(mesh, P('data'))
   return (jax.device_put(np.full((count,), height, np.int32), shard),
           jax.device_put(np.full((count,), width, np.int32), shard))
+
+
+def _local_rows(x: Any) -> np.ndarray:
+  """This process's rows of a batch array, in order (the whole array on one process)."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    shards = sorted(x.addressable_shards, key=lambda s: s.index[0].start or 0)
+    rows, seen = [], set()
+    for s in shards:
+      start = s.index[0].start or 0
+      if start not in seen:  # Replicas along other mesh axes hold the same rows.
+        seen.add(start)
+        rows.append(np.asarray(s.data))
+    return np.concatenate(rows)
+  return np.asarray(x)
+
+
+def _global_rows(local: np.ndarray, sharding: NamedSharding, count: int) -> jax.Array:
+  """A global batch array from this process's rows (as the eval pipeline builds its batches)."""
+  return jax.make_array_from_process_local_data(sharding, local, (count,) + local.shape[1:])
 
 
 def _to_host(x: Any) -> np.ndarray:
@@ -120,27 +137,36 @@ def evaluate(config: ml_collections.ConfigDict, model: Any, variables: Any, mesh
   """
   split = split or config.data.eval_split
   num_classes = config.data.num_classes
-  if config.eval.mode not in modes.MODES:
-    raise ValueError(f'unknown eval.mode {config.eval.mode!r}; use one of '
-                     f'{", ".join(modes.MODES)}')
-  step_fn = _eval_step(model, mesh, config.eval.mode, tuple(config.eval.crop_size),
-                       tuple(config.eval.stride), tuple(float(s) for s in config.eval.scales),
-                       bool(config.eval.flip), int(config.eval.base_size), num_classes,
-                       int(config.data.ignore_label), config.data.normalization)
+  partner = chain.load_partner(config)
+  pipeline = chain.Chain.from_config(config, partner.config if partner else None)
+  step_fn = _eval_step(model, partner.model if partner else None, mesh, pipeline, num_classes,
+                       int(config.data.ignore_label))
+  windows_of = chain.WindowSource(config) if pipeline.needs_windows else None
   replicated = NamedSharding(mesh, P())
+  shard = NamedSharding(mesh, P('data'))
   variables = jax.device_put(variables, replicated)
+  partner_variables = jax.device_put(partner.variables if partner else {}, replicated)
   cm = jax.device_put(np.zeros((num_classes, num_classes), np.int32), replicated)
 
   per_image, valids, ids = [], [], []
   if batches is None:
-    from jaxseg.data import pipeline  # pylint: disable=g-import-not-at-top  (imports TF)
-    batches = pipeline.eval_iterator(config, mesh, split)
+    from jaxseg.data import pipeline as data_pipeline  # pylint: disable=g-import-not-at-top
+    batches = data_pipeline.eval_iterator(config, mesh, split)
   if progress and jax.process_index() == 0:
     batches = tqdm.tqdm(batches, desc=f'eval {split}', unit='batch', leave=False)
   for batch in batches:
     heights, widths = _batch_sizes(batch, mesh)
-    cm, image_cm = step_fn(variables, batch['image'], batch['label'], batch['valid'], heights,
-                           widths, cm)
+    count = batch['image'].shape[0]
+    if windows_of is not None:
+      local = [_local_rows(batch[k]) for k in ('image', 'valid')]
+      windows, window_valid = windows_of.batch(list(batch['id']), local[0], _local_rows(heights),
+                                               _local_rows(widths), local[1])
+    else:
+      windows, window_valid = chain.no_windows(len(batch['id']))
+    windows = _global_rows(windows, shard, count)
+    window_valid = _global_rows(window_valid, shard, count)
+    cm, image_cm = step_fn(variables, partner_variables, batch['image'], batch['label'],
+                           batch['valid'], heights, widths, windows, window_valid, cm)
     per_image.append(image_cm)
     valids.append(batch['valid'])
     ids.append(list(batch['id']))

@@ -75,7 +75,7 @@ def predict_files(predictor: Predictor, inputs: Iterable[str | pathlib.Path],
       print(f'error: cannot read {path}: {reason}', file=errors)
       continue
     try:
-      label = predictor(image)
+      label = predictor(image, path.stem)
     except Exception as e:  # pylint: disable=broad-except  E.g. a model-size constraint.
       reason = f'{type(e).__name__}: {e}'
       failed.append((str(path), reason))
@@ -105,7 +105,7 @@ def write_examples(config: ml_collections.ConfigDict, predictor: Predictor,
   for example in ds.as_numpy_iterator():
     name = example['id'].decode() if 'id' in example else str(len(written))
     image = example['image']
-    label = predictor(image)
+    label = predictor(image, name)
     images.save_label_png(output / f'{name}.png', label, palette)
     PIL.Image.fromarray(classes.overlay(image, label, palette)).save(
         output / f'{name}_overlay.png')

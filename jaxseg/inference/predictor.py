@@ -1,9 +1,9 @@
 """The predictor: label maps of RGB images of any size, for one model and its variables.
 
-Each image is normalised, padded bottom/right to a size bucket (a multiple of `bucket`, at least
-the training crop) so that a folder of differently sized images compiles a handful of programs,
-predicted with config.eval's mode (jaxseg.inference.modes; multiscale is given the image's true
-size, so it predicts exactly as in evaluation), and cropped back.
+Each image is padded bottom/right to a size bucket (a multiple of `bucket`, at least the training
+crop) so that a folder of differently sized images compiles a handful of programs, predicted
+with config.eval's chain as in evaluation (jaxseg.inference.chain: the mode, with the image's
+true size, an ensemble partner, the dense CRF), and cropped back.
 """
 from collections.abc import Sequence
 import dataclasses
@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxseg.inference import modes
+from jaxseg.inference import chain
 
 
 def padded_size(height: int, width: int, bucket: int,
@@ -31,7 +31,10 @@ class Predictor:
   """Label maps of uint8 RGB images of any size, for one model and its variables.
 
   The padded canvas is at least `min_size` (e.g. the training crop, a size the model surely
-  accepts) and a multiple of `bucket`; one program is compiled per canvas size.
+  accepts) and a multiple of `bucket`; one program is compiled per canvas size. The prediction
+  is config.eval's chain (jaxseg.inference.chain): the mode, the ensemble partner
+  (eval.ensemble_with) and the dense CRF (eval.crf); eval.mode='proposals' takes each image's
+  proposals by its id (the file stem for `jaxseg predict`).
   """
   config: ml_collections.ConfigDict
   model: Any
@@ -42,29 +45,41 @@ class Predictor:
   def __post_init__(self):
     if self.bucket < 1:
       raise ValueError(f'bucket must be >= 1, got {self.bucket}')
-    from jaxseg.data import pipeline  # pylint: disable=g-import-not-at-top  (TF: normalize)
-    method = self.config.data.normalization
-    pipeline.normalize(np.zeros((1, 1, 3), np.uint8), method)  # Validates the method name.
+    from jaxseg.data import pipeline  # pylint: disable=g-import-not-at-top  (TF: mean_pixel)
+    partner = chain.load_partner(self.config)
+    self._chain = chain.Chain.from_config(self.config, partner.config if partner else None)
+    self._windows = chain.WindowSource(self.config) if self._chain.needs_windows else None
+    # The canvas past the image is the mean pixel rounded to uint8, as the eval pipeline pads.
+    self._fill = np.round(pipeline.mean_pixel(self.config.data.normalization)).astype(np.uint8)
     device = jax.local_devices()[0]
     self.variables = jax.device_put(jax.device_get(self.variables), device)
-    config = self.config
+    self._partner_variables = jax.device_put(partner.variables if partner else {}, device)
+    partner_model = partner.model if partner else None
+    pipeline_fn = self._chain
 
-    def predict(variables, images, sizes):
-      infer = modes.config_inference_fn(modes.model_apply_fn(self.model, variables), config)
-      return jnp.argmax(infer(images, sizes), axis=-1).astype(jnp.uint8)
+    def predict(variables, partner_variables, pixels, sizes, windows, valid):
+      out = pipeline_fn(self.model, variables, pixels, sizes, windows, valid, partner_model,
+                        partner_variables)
+      return jnp.argmax(out, axis=-1).astype(jnp.uint8)
 
-    self._normalize = lambda x: pipeline.normalize(x, method)
     self._predict = jax.jit(predict)
 
-  def __call__(self, image: np.ndarray) -> np.ndarray:
-    """uint8 (H, W) class ids of a uint8 (H, W, 3) RGB image."""
+  def __call__(self, image: np.ndarray, image_id: str | None = None) -> np.ndarray:
+    """uint8 (H, W) class ids of a uint8 (H, W, 3) RGB image (`image_id`: for its proposals)."""
+    image = np.asarray(image)
     height, width = image.shape[:2]
     ph, pw = padded_size(height, width, self.bucket, self.min_size)
-    # Normalise, then pad with 0 = the mean pixel, as the eval pipeline pads.
-    x = np.zeros((1, ph, pw, 3), np.float32)
-    x[0, :height, :width] = np.asarray(self._normalize(image))
+    canvas = np.empty((1, ph, pw, 3), np.uint8)
+    canvas[:] = self._fill
+    canvas[0, :height, :width] = image
     sizes = np.array([[height, width]], np.int32)
-    return np.asarray(self._predict(self.variables, x, sizes))[0, :height, :width]
+    if self._windows is not None:
+      windows, valid = self._windows.windows(image_id or '', image, height, width)
+      windows, valid = windows[None], valid[None]
+    else:
+      windows, valid = chain.no_windows(1)
+    out = self._predict(self.variables, self._partner_variables, canvas, sizes, windows, valid)
+    return np.asarray(out)[0, :height, :width]
 
 
 def predictor_from_config(config: ml_collections.ConfigDict, model: Any, variables: Any,
