@@ -103,7 +103,8 @@ def batch_norm_layers(model: nn.Module, variables: dict, local_shape: tuple[int,
       layers[path] = BatchNormLayer(float(module.momentum), int(elements))
     return next_fun(*args, **kwargs)
 
-  local_model = model.clone(sync_bn_axis=None)  # Shapes only, outside any mesh axis.
+  # Shapes only, outside any mesh axis, without dropout (as the statistics are computed).
+  local_model = model.clone(sync_bn_axis=None, dropout_rate=0.0)
 
   def apply(variables):
     with nn.intercept_methods(record):

@@ -141,7 +141,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                  f'{seconds:.1f} s):')
   import jax  # pylint: disable=g-import-not-at-top
   if args.workdir and jax.process_index() == 0:  # The only process that writes it.
-    print(f'wrote {inference.results_path(args.workdir, split, step)}')
+    print(f'wrote {inference.results_path(args.workdir, split, step, results["inference"])}')
   return 0
 
 

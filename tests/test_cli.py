@@ -55,6 +55,20 @@ def test_eval_restores_checkpoint_and_prints_table(trained, capsys):
   assert (trained / 'eval' / 'val_step3.json').is_file()
 
 
+def test_eval_ensemble_with_itself_keeps_the_plain_results(trained, capsys):
+  """EDeconvNet's mechanics on a tiny workdir: the mean of two identical models' probabilities
+  predicts what one does, and its results file sits beside the plain one."""
+  assert cli.main(['eval', '--workdir', str(trained), '--checkpoint', 'latest']) == 0
+  plain = json.loads((trained / 'eval' / 'val_step3.json').read_text())
+  assert cli.main(['eval', '--workdir', str(trained), '--checkpoint', 'latest',
+                   '--ensemble-with', str(trained), '--config.eval.ensemble_rule=mean']) == 0
+  assert 'val_step3_ensemble.json' in capsys.readouterr().out
+  both = json.loads((trained / 'eval' / 'val_step3_ensemble.json').read_text())
+  assert both['inference'] == 'ensemble' and plain['inference'] == ''
+  assert both['confusion_matrix'] == plain['confusion_matrix']
+  assert json.loads((trained / 'eval' / 'val_step3.json').read_text()) == plain
+
+
 def test_eval_of_a_weights_file_equals_eval_of_its_workdir(trained, tmp_path, capsys):
   """convert-weights from a workdir, then `eval --config --weights`: the same scores, no workdir."""
   npz = tmp_path / 'demo.npz'

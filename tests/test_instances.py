@@ -368,9 +368,9 @@ _BAD_CASES = {
         r'inst/2009_000001\.mat: instances \(id, class\) \[\(1, 21\)\] have classes outside the '
         r'object classes 1\.\.20'),
     'sbd_without_gtinst': (
-        lambda m: scipy.io.savemat(_sbd(m, 'inst', '2007_000042.mat'),
+        lambda m: scipy.io.savemat(_sbd(m, 'inst', '2009_000001.mat'),
                                    {'GTcls': {'Segmentation': np.zeros((4, 4), np.uint8)}}),
-        ValueError, r'inst/2007_000042\.mat: no struct GTinst with fields Segmentation and '
+        ValueError, r'inst/2009_000001\.mat: no struct GTinst with fields Segmentation and '
                     r'Categories; expected an SBD dataset/inst/\*\.mat file'),
     'voc_instance_on_background': (
         _object_on_background, ValueError,

@@ -202,10 +202,12 @@ def read_sbd_inst_mat(path: epath.Path) -> tuple[np.ndarray, np.ndarray]:
   """
   seg, categories = _sbd_fields(path, 'GTinst', ('Segmentation', 'Categories'), 'instance mask',
                                 'inst')
-  if categories.size and not np.issubdtype(categories.dtype, np.integer):
-    raise ValueError(f'{path}: GTinst.Categories is {categories.dtype}; expected integer class '
-                     'ids, one per instance.')
-  return seg, categories.ravel().astype(np.int64)
+  categories = categories.ravel()
+  numeric = np.issubdtype(categories.dtype, np.number) or categories.size == 0
+  if not numeric or not np.array_equal(categories, np.round(categories)):
+    raise ValueError(f'{path}: GTinst.Categories is {categories.dtype} {categories[:5]}; expected '
+                     'integer class ids, one per instance.')
+  return seg, categories.astype(np.int64)
 
 
 def _sbd_fields(path, struct, fields, what, folder):

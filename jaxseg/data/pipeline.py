@@ -424,6 +424,7 @@ class TrainWindows:
   balance: bool = False
   min_iou: float = 0.5
   per_object: int = 1
+  proposals: str = ''  # 'proposals' only: a proposals file/folder; '' = sampled around objects.
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict,
@@ -449,11 +450,6 @@ class TrainWindows:
     if d.windows == 'objects' and d.proposals:
       raise ValueError(f'config.data.proposals={d.proposals!r} is read only with '
                        "config.data.windows='proposals' (stage 2).")
-    if d.windows == 'proposals' and d.proposals:
-      raise ValueError(
-          f'config.data.proposals={d.proposals!r}: train windows from a proposals file are not '
-          'supported; leave config.data.proposals empty to sample proposal windows around each '
-          'object (jaxseg.data.windows.sample_proposal).')
     if not d.window_context >= 1.:
       raise ValueError(f'config.data.window_context={d.window_context} must be >= 1 (the box '
                        'enlargement; DeconvNet: 1.2).')
@@ -463,9 +459,10 @@ class TrainWindows:
                        'ints (H, W).')
     if not 0. < d.proposal_min_iou <= 1.:
       raise ValueError(f'config.data.proposal_min_iou={d.proposal_min_iou} must lie in (0, 1].')
-    per_object = windows.PROPOSALS_PER_OBJECT if d.windows == 'proposals' else 1
+    sampled = d.windows == 'proposals' and not d.proposals
+    per_object = windows.PROPOSALS_PER_OBJECT if sampled else 1
     return cls(d.windows, float(d.window_context), resize, bool(d.balance_classes),
-               float(d.proposal_min_iou), per_object)
+               float(d.proposal_min_iou), per_object, str(d.proposals))
 
 
 def object_classes(builder: tfds.core.DatasetBuilder, split: Any) -> list[np.ndarray]:
@@ -480,12 +477,48 @@ def object_classes(builder: tfds.core.DatasetBuilder, split: Any) -> list[np.nda
   return [np.asarray(c, np.int64) for c in ds.as_numpy_iterator()]
 
 
+def file_proposal_windows(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder,
+                          spec: TrainWindows) -> tuple[list[np.ndarray], list[np.ndarray]]:
+  """Per example of the train split (record order): its windows from config.data.proposals
+  (jaxseg.inference.proposals.read_proposals, by the example's 'id') that overlap an object,
+  enlarged (`windows.file_proposal_windows`), and the class of each.
+
+  Reads 'id', 'objects' and the instance map (for the image size), no image.
+  """
+  from jaxseg.inference import proposals  # pylint: disable=g-import-not-at-top  (no TF there)
+  reader = proposals.read_proposals(spec.proposals)
+  decoders = tfds.decode.PartialDecoding({'id': True, 'instance': True, 'objects': True})
+  ds = builder.as_dataset(split=config.data.train_split, shuffle_files=False, decoders=decoders,
+                          read_config=tfds.ReadConfig(try_autocache=False))
+  ds = ds.map(lambda ex: (ex['id'], tf.shape(ex['instance'])[:2], ex['objects']['box'],
+                          ex['objects']['label']))
+  boxes, classes = [], []
+  for image_id, hw, object_boxes, object_labels in ds.as_numpy_iterator():
+    hw = tuple(int(v) for v in hw)
+    found = reader.boxes(image_id.decode(), hw)
+    w, c = windows.file_proposal_windows(found, hw, object_boxes, object_labels, spec.min_iou,
+                                         spec.context)
+    boxes.append(w)
+    classes.append(c)
+  return boxes, classes
+
+
 def window_plan(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder,
-                spec: TrainWindows) -> windows.WindowPlan:
-  """The windows of one epoch of the whole train split (class counts over the whole split)."""
+                spec: TrainWindows) -> tuple[windows.WindowPlan, np.ndarray | None]:
+  """The windows of one epoch of the whole train split (class counts over the whole split).
+
+  Returns the plan and, with a proposals file, the flat int32 (n, 4) table of its windows (the
+  plan's 'objects' are then the file's kept windows); else None.
+  """
+  field = f'config.data.dataset={config.data.dataset!r}'
+  if spec.mode == 'proposals' and spec.proposals:
+    boxes, classes = file_proposal_windows(config, builder, spec)
+    table = np.concatenate(boxes) if boxes else np.zeros((0, 4), np.int32)
+    plan = windows.plan_windows(classes, int(config.data.num_classes), 1, spec.balance, field)
+    return plan, table.astype(np.int32)
   classes = object_classes(builder, config.data.train_split)
   return windows.plan_windows(classes, int(config.data.num_classes), spec.per_object,
-                              spec.balance, f'config.data.dataset={config.data.dataset!r}')
+                              spec.balance, field), None
 
 
 def _train_dataset(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder, *,
@@ -513,7 +546,8 @@ def _train_dataset(config: ml_collections.ConfigDict, builder: tfds.core.Dataset
                      f'to give each of {process_count} processes one.')
   per_epoch = part.size
   if spec.mode != 'image':
-    plan = window_plan(config, builder, spec).slice(part.offset, part.size)
+    plan, file_windows = window_plan(config, builder, spec)
+    plan = plan.slice(part.offset, part.size)
     per_epoch = plan.total
     if per_epoch == 0:
       raise ValueError(f'config.data.train_split={config.data.train_split!r} of '
@@ -548,11 +582,16 @@ def _train_dataset(config: ml_collections.ConfigDict, builder: tfds.core.Dataset
     window_ends = tf.constant(plan.window_ends, tf.int64)
     fill = np.asarray(mean_pixel(config.data.normalization), np.float32)
     ignore = int(config.data.ignore_label)
+    if file_windows is not None:
+      file_windows = tf.constant(file_windows, tf.int32)
 
   def cut_window(raw, image, label, index, slot, seed):
     """The window `slot` of example `index`, resized to spec.resize (uncentred, mean fill)."""
     at = index - part.offset
     k = windows.object_of_slot(window_ends, object_start[at], num_objects[at], slot)
+    if file_windows is not None:
+      window = file_windows[tf.cast(object_start[at], tf.int32) + k]
+      return windows.file_window(image, label, window, spec.resize, fill, ignore)
     objects = raw['objects']
     boxes = tf.cast(objects['box'], tf.int32)
     if spec.mode == 'objects':

@@ -196,6 +196,57 @@ def proposal_window(image: tf.Tensor, label: tf.Tensor, boxes: tf.Tensor, k: tf.
   return image, label, proposal
 
 
+def file_proposal_windows(proposals: np.ndarray, image_hw: tuple[int, int],
+                          object_boxes: np.ndarray, object_classes: np.ndarray, min_iou: float,
+                          context: float) -> tuple[np.ndarray, np.ndarray]:
+  """Stage 2 from a proposals file (config.data.proposals): one image's training windows.
+
+  Args:
+    proposals: float (N, 4+) rows (x0, y0, x1, y1[, score]), x1/y1 inclusive, in image
+      coordinates (jaxseg.inference.proposals' convention: what `read_proposals` returns).
+    image_hw: the image's (height, width); boxes are clipped to it.
+    object_boxes: int (M, 4) ground-truth boxes (y0, x0, y1, x1), end exclusive.
+    object_classes: (M,) their classes.
+    min_iou: a proposal is kept when its IoU with some object's box is >= this.
+    context: each kept proposal is enlarged this much about its centre (not squared).
+
+  Returns:
+    windows int32 (n, 4) (y0, x0, y1, x1) in file order, and int64 (n,) the class of the object
+    each overlaps most (what class balancing counts).
+  """
+  height, width = (int(v) for v in image_hw)
+  rows = np.asarray(proposals, np.float64)
+  if rows.ndim != 2 or rows.shape[1] < 4:
+    raise ValueError(f'proposals of shape {rows.shape}: expected rows (x0, y0, x1, y1[, score]).')
+  y0 = np.clip(np.floor(rows[:, 1]), 0, height - 1)
+  x0 = np.clip(np.floor(rows[:, 0]), 0, width - 1)
+  y1 = np.clip(np.floor(rows[:, 3]) + 1, 1, height)
+  x1 = np.clip(np.floor(rows[:, 2]) + 1, 1, width)
+  boxes = np.stack([y0, x0, y1, x1], 1)
+  boxes = boxes[(boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])]
+  gt = np.asarray(object_boxes, np.float64).reshape(-1, 4)
+  if not len(boxes) or not len(gt):
+    return np.zeros((0, 4), np.int32), np.zeros((0,), np.int64)
+  inter_hw = np.maximum(np.minimum(boxes[:, None, 2:], gt[None, :, 2:])
+                        - np.maximum(boxes[:, None, :2], gt[None, :, :2]), 0)
+  inter = inter_hw[..., 0] * inter_hw[..., 1]
+  area = lambda b: np.maximum(b[..., 2] - b[..., 0], 0) * np.maximum(b[..., 3] - b[..., 1], 0)
+  iou = inter / np.maximum(area(boxes)[:, None] + area(gt)[None] - inter, 1e-12)
+  keep = iou.max(1) >= min_iou
+  kept = boxes[keep].astype(np.int64)
+  classes = np.asarray(object_classes, np.int64).reshape(-1)[iou[keep].argmax(1)]
+  sides = np.maximum(np.round((kept[:, 2:] - kept[:, :2]) * float(context)), 1).astype(np.int64)
+  top_left = np.floor_divide(kept[:, :2] + kept[:, 2:] - sides, 2)
+  return np.concatenate([top_left, top_left + sides], 1).astype(np.int32), classes
+
+
+def file_window(image: tf.Tensor, label: tf.Tensor, window: tf.Tensor, size: Sequence[int],
+                image_fill=0., ignore_label: int = IGNORE_LABEL) -> tuple[tf.Tensor, tf.Tensor]:
+  """Stage 2 from a file: the (already enlarged) `window`, every class kept, at `size`."""
+  image, label = crop_window(image, tf.cast(label, tf.int32), window, image_fill, ignore_label)
+  return _resized(image, label, size)
+
+
 # ------------------------------------------------------------------------------- epoch plan
 def repeat_factors(class_counts: Sequence[int]) -> np.ndarray:
   """Per class, how many times each of its windows is used per epoch: round(n_max / n_c), >= 1.

@@ -138,6 +138,12 @@ class Chain:
     return cls(ModeSpec.from_config(config), partner, rule, params)
 
   @property
+  def tag(self) -> str:
+    """'' for a plain mode, else e.g. 'proposals+ensemble+crf' (names results files)."""
+    parts = [PROPOSALS] * self.needs_windows + ['ensemble'] * (self.partner is not None)
+    return '+'.join(parts + ['crf'] * (self.crf is not None))
+
+  @property
   def needs_windows(self) -> bool:
     return self.primary.mode == PROPOSALS
 
@@ -192,12 +198,12 @@ def load_partner(config: ml_collections.ConfigDict) -> Partner | None:
   if not source:
     return None
   from jaxseg import storage  # pylint: disable=g-import-not-at-top
-  from jaxseg.inference import restore  # pylint: disable=g-import-not-at-top
+  from jaxseg.inference.restore import restore, restore_weights  # pylint: disable=g-import-not-at-top
   recipe = str(config.eval.ensemble_config)
   if storage.resolve(source).is_dir() and not recipe:
-    restored = restore.restore(source, 'best')
+    restored = restore(source, 'best')
   elif recipe:
-    restored = restore.restore_weights(recipe, source)
+    restored = restore_weights(recipe, source)
   else:
     raise ValueError(f'config.eval.ensemble_with={source!r} is not a workdir; for a weights file '
                      'also set config.eval.ensemble_config to its recipe (e.g. '

@@ -1,6 +1,7 @@
 """Evaluation over a dataset split: one compiled step per batch, one confusion matrix.
 
-`evaluate` runs an inference mode (jaxseg.inference.modes) over pipeline.eval_iterator,
+`evaluate` runs the inference chain of config.eval (jaxseg.inference.chain: the mode, an
+ensemble partner, the dense CRF) over pipeline.eval_iterator,
 accumulating the confusion matrix on the devices (psum over 'data', hence over hosts too), and
 writes workdir/eval/<split>_step<N>.json.
 """
@@ -28,7 +29,7 @@ from jaxseg.inference import chain
 
 # ---------------------------------------------------------------- compiled eval step
 @functools.lru_cache(maxsize=16)
-def _eval_step(model: Any, partner_model: Any, mesh: Mesh, pipeline: chain.Chain,
+def _eval_step(model: Any, partner_model: Any, mesh: Mesh, prediction: chain.Chain,
                num_classes: int, ignore: int) -> Callable[..., tuple[jax.Array, jax.Array]]:
   """jit(shard_map(per-device step)); cached so repeated evals during training compile once.
 
@@ -42,7 +43,7 @@ def _eval_step(model: Any, partner_model: Any, mesh: Mesh, pipeline: chain.Chain
     # canvas past each image is the mean pixel rounded to uint8 (about 0 after normalising);
     # multiscale never reads it, and pads with exactly 0, the normalised mean, as test.py does.
     sizes = jnp.stack([heights, widths], axis=-1).astype(jnp.int32)
-    out = pipeline(model, variables, pixels, sizes, windows, window_valid, partner_model,
+    out = prediction(model, variables, pixels, sizes, windows, window_valid, partner_model,
                    partner_variables)
     pred = jnp.argmax(out, axis=-1)
     per_image = metrics.per_image_confusion(pred, labels, num_classes, ignore, valid)
@@ -122,7 +123,8 @@ def evaluate(config: ml_collections.ConfigDict, model: Any, variables: Any, mesh
              batches: Iterable[dict[str, Any]] | None = None) -> dict[str, Any]:
   """Scores `model` with `variables` on a split (default config.data.eval_split).
 
-  Runs config.eval.mode over pipeline.eval_iterator (padded examples and label 255 masked out,
+  Runs config.eval's chain (mode, ensemble partner, CRF; jaxseg.inference.chain) over
+  pipeline.eval_iterator (padded examples and label 255 masked out,
   the last batch kept), accumulating one confusion matrix on the devices (psum over 'data',
   hence over hosts too). When `workdir` is given, process 0 writes
   workdir/eval/<split>_step<step>.json. `batches` replaces the eval iterator (same dict
@@ -138,10 +140,10 @@ def evaluate(config: ml_collections.ConfigDict, model: Any, variables: Any, mesh
   split = split or config.data.eval_split
   num_classes = config.data.num_classes
   partner = chain.load_partner(config)
-  pipeline = chain.Chain.from_config(config, partner.config if partner else None)
-  step_fn = _eval_step(model, partner.model if partner else None, mesh, pipeline, num_classes,
+  prediction = chain.Chain.from_config(config, partner.config if partner else None)
+  step_fn = _eval_step(model, partner.model if partner else None, mesh, prediction, num_classes,
                        int(config.data.ignore_label))
-  windows_of = chain.WindowSource(config) if pipeline.needs_windows else None
+  windows_of = chain.WindowSource(config) if prediction.needs_windows else None
   replicated = NamedSharding(mesh, P())
   shard = NamedSharding(mesh, P('data'))
   variables = jax.device_put(variables, replicated)
@@ -189,22 +191,27 @@ def evaluate(config: ml_collections.ConfigDict, model: Any, variables: Any, mesh
         {'id': i, **s} for i, s, v in zip(all_ids, metrics.per_image_scores(image_cm), valid)
         if v]
   results['num_images'] = len(results['per_image'])
+  results['inference'] = prediction.tag
   if workdir is not None and jax.process_index() == 0:
-    write_results(results, workdir, split, step)
+    write_results(results, workdir, split, step, prediction.tag)
   return results
 
 
-def results_path(workdir: str | os.PathLike, split: str, step: int | None) -> epath.Path:
-  """workdir/eval/<split>_step<N>.json (a sliced split like 'val[:50]' becomes 'val__50_')."""
+def results_path(workdir: str | os.PathLike, split: str, step: int | None,
+                 tag: str = '') -> epath.Path:
+  """workdir/eval/<split>_step<N>[_<tag>].json (a sliced split like 'val[:50]' becomes
+  'val__50_'); `tag` names the chain's extras (chain.Chain.tag: proposals, ensemble, crf), so an
+  evaluation with them never replaces the plain one."""
   suffix = f'_step{step}' if step is not None else ''
+  suffix += f'_{tag}' if tag else ''
   name = re.sub(r'[^\w.+-]', '_', split)
   return storage.resolve(workdir) / 'eval' / f'{name}{suffix}.json'
 
 
 def write_results(results: dict[str, Any], workdir: str | os.PathLike, split: str,
-                  step: int | None) -> epath.Path:
-  """eval/<split>_step<N>.json (strict JSON: NaN written as null)."""
-  path = results_path(workdir, split, step)
+                  step: int | None, tag: str = '') -> epath.Path:
+  """eval/<split>_step<N>[_<tag>].json (strict JSON: NaN written as null)."""
+  path = results_path(workdir, split, step, tag)
   storage.write_text_atomic(path, json.dumps(metrics.json_safe({'step': step, **results}),
                                              indent=1))
   return path

@@ -36,7 +36,6 @@ import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 ApplyFn = Callable[[jax.Array], jax.Array]
 AGGREGATES = ('max', 'mean')
@@ -130,7 +129,7 @@ def instancewise(apply_fn: ApplyFn, images: jax.Array, sizes: jax.Array, windows
     aggregate: 'max' (the original code) or 'mean' (the paper's eq. 4).
     batch: windows per forward pass (memory is bounded by this many windows).
     outside: (3,) normalised value of pixels outside the image; None = zeros (the mean pixel).
-      The original pads with black: pass normalize(zeros).
+      The original pads with black: pass jaxseg.data.pipeline.normalize(np.zeros(3), method).
   Returns:
     float32 scores; 0 where no valid window covers a pixel and past each image's true size.
   """
@@ -216,7 +215,3 @@ def instancewise(apply_fn: ApplyFn, images: jax.Array, sizes: jax.Array, windows
     total = total / jnp.maximum(count, 1.0)[..., None]
   return jnp.where(inside, total, 0.0)
 
-
-def black_pixel(normalize: Callable[[np.ndarray], jax.Array]) -> jax.Array:
-  """The original's padding value: a black RGB pixel through the model's `normalize`."""
-  return jnp.asarray(normalize(np.zeros((3,), np.uint8)), jnp.float32).reshape(3)

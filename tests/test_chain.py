@@ -1,0 +1,96 @@
+"""inference.chain: the ensemble rules against NumPy, each model normalising its own input."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxseg import config_loading
+from jaxseg.data import pipeline
+from jaxseg.inference import chain
+
+CLASSES = 5
+
+
+class Pointwise(nn.Module):
+  """A 1x1 convolution: its logits are easy to write in NumPy."""
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    return nn.Conv(CLASSES, (1, 1))(x)
+
+
+def _config(normalization='imagenet', **eval_fields):
+  config = config_loading.load_config(config_loading.experiments_dir() / 'default.py')
+  config.data.num_classes = CLASSES
+  config.data.normalization = normalization
+  config.eval.mode = 'whole'
+  for key, value in eval_fields.items():
+    config.eval[key] = value
+  return config
+
+
+def _numpy_logits(variables, images):
+  p = variables['params']['Conv_0']
+  return np.einsum('bhwc,ck->bhwk', images, np.asarray(p['kernel'])[0, 0]) + np.asarray(p['bias'])
+
+
+def _softmax(x):
+  e = np.exp(x - x.max(-1, keepdims=True))
+  return e / e.sum(-1, keepdims=True)
+
+
+@pytest.fixture(scope='module')
+def two_models():
+  model = Pointwise()
+  a = model.init(jax.random.key(0), jnp.zeros((1, 4, 4, 3)))
+  b = model.init(jax.random.key(1), jnp.zeros((1, 4, 4, 3)))
+  pixels = np.random.default_rng(0).integers(0, 256, (2, 6, 7, 3)).astype(np.uint8)
+  return model, a, b, pixels
+
+
+@pytest.mark.parametrize('rule', ['product', 'mean'])
+def test_ensemble_rules_match_numpy(two_models, rule):
+  model, a, b, pixels = two_models
+  # The partner reads Caffe-normalised BGR input, this model ImageNet-normalised RGB.
+  config, partner_config = _config(ensemble_rule=rule), _config('caffe')
+  pipe = chain.Chain.from_config(config, partner_config)
+  windows, valid = chain.no_windows(2)
+  sizes = np.array([[6, 7], [5, 4]], np.int32)
+  got = np.asarray(pipe(model, a, pixels, sizes, windows, valid, model, b))
+  mine = _numpy_logits(a, np.asarray(pipeline.normalize(pixels, 'imagenet')))
+  other = _numpy_logits(b, pixels[..., ::-1].astype(np.float32)
+                        - np.asarray(pipeline.CAFFE_BGR_MEAN, np.float32))
+  if rule == 'product':  # DeconvNet's code: its scores x max(0, FCN's).
+    want = mine * np.maximum(other, 0)
+  else:  # The paper: the mean of the two probability maps.
+    want = 0.5 * (_softmax(mine) + _softmax(other))
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_normalised_float_input_gives_the_uint8_result(two_models):
+  model, a, b, pixels = two_models
+  pipe = chain.Chain.from_config(_config(ensemble_rule='mean'), _config('caffe'))
+  windows, valid = chain.no_windows(2)
+  sizes = np.array([[6, 7], [6, 7]], np.int32)
+  from_pixels = pipe(model, a, pixels, sizes, windows, valid, model, b)
+  from_floats = pipe(model, a, pipeline.normalize(pixels, 'imagenet'), sizes, windows, valid,
+                     model, b)
+  np.testing.assert_allclose(from_floats, from_pixels, rtol=1e-5, atol=1e-6)
+
+
+def test_bad_settings_are_named(tmp_path):
+  with pytest.raises(ValueError, match='config.eval.ensemble_rule'):
+    chain.Chain.from_config(_config(ensemble_rule='vote'))
+  with pytest.raises(ValueError, match='config.eval.mode'):
+    chain.Chain.from_config(_config(mode='tiles'))
+  with pytest.raises(ValueError, match='config.eval.aggregate'):
+    chain.Chain.from_config(_config(aggregate='median'))
+  with pytest.raises(ValueError, match='ensemble partner'):
+    chain.Chain.from_config(_config(), _config(mode='proposals'))
+  weights = tmp_path / 'fcn8s.npz'
+  weights.write_bytes(b'')
+  with pytest.raises(ValueError, match='config.eval.ensemble_config'):
+    chain.load_partner(_config(ensemble_with=str(weights)))
+  with pytest.raises(ValueError, match='config.eval.proposals'):
+    chain.WindowSource(_config(mode='proposals'))
