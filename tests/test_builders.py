@@ -64,15 +64,36 @@ def _save_palette_png(path, label):
   mask.save(path)
 
 
+def _sparse_cells(count, shape):
+  cells = np.empty((count, 1), object)
+  for i in range(count):
+    cells[i, 0] = scipy.sparse.csc_array(shape, dtype=bool)
+  return cells
+
+
 def _save_sbd_mat(path, seg):
-  """An SBD cls/*.mat: struct GTcls with Boundaries (20x1 cell of sparse), Segmentation, ..."""
+  """An SBD cls/*.mat: struct GTcls with Boundaries (20x1 cell of sparse), Segmentation, ...
+
+  Also writes its inst/*.mat (struct GTinst): one instance per class present.
+  """
   path.parent.mkdir(parents=True, exist_ok=True)
-  boundaries = np.empty((20, 1), object)
-  for i in range(20):
-    boundaries[i, 0] = scipy.sparse.csc_array(seg.shape, dtype=bool)
   present = np.unique(seg[(seg > 0) & (seg < 255)]).astype(np.uint8)[:, None]
-  scipy.io.savemat(path, {'GTcls': {'Boundaries': boundaries, 'Segmentation': seg,
-                                    'CategoriesPresent': present}})
+  scipy.io.savemat(path, {'GTcls': {'Boundaries': _sparse_cells(20, seg.shape),
+                                    'Segmentation': seg, 'CategoriesPresent': present}})
+  inst_path = path.parent.parent / 'inst' / path.name
+  inst_path.parent.mkdir(parents=True, exist_ok=True)
+  scipy.io.savemat(inst_path, {'GTinst': {
+      'Segmentation': _instances_of(seg), 'Boundaries': _sparse_cells(len(present), seg.shape),
+      'Categories': present}})
+
+
+def _instances_of(label):
+  """An instance map for a class mask: one instance per class present (ids by class), 255 kept."""
+  classes_present = np.unique(label[(label > 0) & (label < 255)])
+  lut = np.zeros(256, np.uint8)
+  lut[255] = 255
+  lut[classes_present] = np.arange(1, len(classes_present) + 1)
+  return lut[label]
 
 
 def _random_label(rng, height, width, num_classes=21, boundary=True):
@@ -103,6 +124,7 @@ def _write_voc(base, rng):
     if i in VOC_TRAIN + VOC_VAL:
       label = _random_label(rng, height, width)
       _save_palette_png(root / 'SegmentationClass' / f'{i}.png', label)
+      _save_palette_png(root / 'SegmentationObject' / f'{i}.png', _instances_of(label))
       truth[i] = (image, label)
   lists = root / 'ImageSets' / 'Segmentation'
   lists.mkdir(parents=True)
@@ -304,6 +326,9 @@ def test_voc_real_files(shared_data, tmp_path):
     for src in sources:
       for f in (src / folder).glob('*'):
         (voc_root / folder / f.name).symlink_to(f)
+  for png in (voc_root / 'SegmentationClass').glob('*.png'):  # The samples have no instances.
+    _save_palette_png(voc_root / 'SegmentationObject' / png.name,
+                      _instances_of(np.array(PIL.Image.open(png))))
   (manual / 'benchmark_RELEASE').mkdir()
   (manual / 'benchmark_RELEASE' / 'dataset').symlink_to(shared_data / 'sbd_samples' / 'dataset')
 
@@ -376,7 +401,8 @@ _BAD_VOC_CASES = {
     'no_voc': (lambda m: shutil.rmtree(m / 'VOCdevkit'), FileNotFoundError,
                r'(?s)PASCAL VOC 2012 not found in manual_dir .*manual\. Download '
                r'http://host\.robots\.ox\.ac\.uk/.*VOCtrainval_11-May-2012\.tar and put .*'
-               r'VOCdevkit/VOC2012/\{ImageSets/Segmentation,JPEGImages,SegmentationClass\}'),
+               r'VOCdevkit/VOC2012/\{ImageSets/Segmentation,JPEGImages,SegmentationClass,'
+               r'SegmentationObject\}'),
     'no_sbd': (lambda m: shutil.rmtree(m / 'benchmark_RELEASE'), FileNotFoundError,
                r'(?s)SBD not found in manual_dir .*benchmark\.tgz.*benchmark_RELEASE/dataset.*'
                r'voc_only'),

@@ -4,7 +4,10 @@
   'camvid'                SegNet's CamVid; see camvid.py
   'synthetic_shapes'      the embedded procedural demo dataset (configs 'default', 'tiny')
 
-Example features: image uint8 (H, W, 3), label uint8 (H, W) with 255 = ignore, id (text).
+Example features: image uint8 (H, W, 3), label uint8 (H, W) with 255 = ignore, id (text); VOC and
+synthetic_shapes also hold object instances (DeconvNet's object windows): instance uint8 (H, W, 1)
+(0 none, k = object k, 255 ignore) and objects {label int32 (n,), box int32 (n, 4) (y0, x0, y1, x1),
+end exclusive} with entry k-1 describing instance k.
 """
 from jaxseg.data import camvid
 from jaxseg.data import synthetic
