@@ -14,6 +14,8 @@ names re-exported here (`from jaxseg import ops; ops.atrous_conv(...)`); one mod
               BLOCK_BYTES) and the heuristics choosing them: a back-end's speed tricks, kept
               apart from the papers' ops
   geometry    the NHWC/HWIO layout, argument checks and padding specs the modules share
+  crf         the dense CRF (Kraehenbuehl & Koltun 2011) on a permutohedral lattice built in jit:
+              dense_crf / mean_field / CrfParams (import jaxseg.ops.crf; not re-exported)
 """
 from jaxseg.ops.atrous import AtrousConv, atrous_conv
 from jaxseg.ops.conv import (CONV_IMPLS, Conv, ConvTranspose, conv2d, conv_impl, conv_transpose,
