@@ -94,3 +94,21 @@ def test_bad_settings_are_named(tmp_path):
     chain.load_partner(_config(ensemble_with=str(weights)))
   with pytest.raises(ValueError, match='config.eval.proposals'):
     chain.WindowSource(_config(mode='proposals'))
+
+
+def test_crf_refines_the_probabilities_of_the_mode(two_models):
+  """eval.crf: the CRF runs on softmax(scores) with the canvas's pixels and true sizes."""
+  from jaxseg.ops import crf  # pylint: disable=g-import-not-at-top
+  model, a, _, pixels = two_models
+  config = _config(crf=True)
+  config.crf.iterations = 3
+  pipe = chain.Chain.from_config(config)
+  assert pipe.tag == 'crf' and pipe.crf == crf.CrfParams(iterations=3)
+  windows, valid = chain.no_windows(2)
+  sizes = np.array([[6, 7], [4, 5]], np.int32)
+  got = np.asarray(pipe(model, a, pixels, sizes, windows, valid))
+  probs = _softmax(_numpy_logits(a, np.asarray(pipeline.normalize(pixels, 'imagenet'))))
+  want = np.asarray(crf.dense_crf(jnp.asarray(probs, jnp.float32), pixels, sizes, pipe.crf))
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+  assert np.all(got[1, 4:] == 0) and np.all(got[1, :, 5:] == 0)  # Outside the second image.
+  np.testing.assert_allclose(got[0].sum(-1), 1.0, rtol=1e-5)
