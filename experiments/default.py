@@ -111,7 +111,7 @@ def get_config() -> ml_collections.ConfigDict:
   # ---------------------------------------------------------------- evaluation
   config.eval = ml_collections.ConfigDict()
   config.eval.batch_size = 8  # Global eval batch; the last batch is padded, never dropped.
-  config.eval.mode = 'whole'  # whole | slide | multiscale
+  config.eval.mode = 'whole'  # whole | slide | multiscale | proposals (DeconvNet's, see below)
   # multiscale: each image's long side is resized to base_size x scale (semseg's test.py; VOC and
   # ADE20K 512, Cityscapes 2048); 0 = the image's own long side x scale.
   config.eval.base_size = 0

@@ -25,7 +25,7 @@ def test_recipe_builds_locked_with_default_fields(name):
     assert isinstance(value, type(base)) or (isinstance(base, float) and
                                              isinstance(value, int)), field
   assert config.model.name in MODEL_NAMES
-  assert config.eval.mode in ('whole', 'slide', 'multiscale')
+  assert config.eval.mode in ('whole', 'slide', 'multiscale', 'proposals')
   assert len(config.data.crop_size) == 2 and len(config.data.eval_size) == 2
   if name != 'default.py':  # Recipes open with a docstring giving the command.
     text = (EXPERIMENTS / name).read_text()

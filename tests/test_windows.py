@@ -416,3 +416,35 @@ def test_proposals_file_windows(config, tmp_path):
     label = truth[i][1].astype(np.int32)
     np.testing.assert_array_equal(b['label'][0], np_nearest(np_crop(label, kept[i][s], 255),
                                                             (40, 40)))
+
+
+# ------------------------------------------------------------------------------------- recipes
+def test_two_stage_recipes_train_from_their_docstrings(tmp_path, data_dir):
+  """Stage 1 from a width-1/16 Caffe VGG16, then stage 2 from stage 1's workdir, one step each,
+  on synthetic_shapes/tiny's object windows (DeconvNet's smallest input: 193)."""
+  import test_recipes  # pylint: disable=g-import-not-at-top  (tests/ is on sys.path)
+  from jaxseg import cli  # pylint: disable=g-import-not-at-top
+  weights = {'weights/VGG_ILSVRC_16_layers.caffemodel':
+             test_recipes.vgg_caffemodel(tmp_path / 'vgg16.caffemodel')}
+  overrides = [f'--config.data.data_dir={data_dir}', '--config.data.dataset=synthetic_shapes/tiny',
+               '--config.data.num_classes=7', '--config.data.train_split=train',
+               '--config.data.eval_split=val', '--config.data.crop_size=193,193',
+               '--config.data.window_resize=200,200', '--config.model.width=0.0625',
+               '--config.model.dtype=float32', '--config.train.batch_size=8',
+               '--config.train.grad_accum_steps=1', '--config.train.num_steps=1',
+               '--config.train.eval_every=-1', '--config.train.checkpoint_every=1',
+               '--config.data.shuffle_buffer=16']
+  for recipe in ('deconvnet_voc_stage1.py', 'deconvnet_voc_stage2.py'):
+    (argv,) = test_recipes.docstring_commands(recipe)
+    out = []
+    for arg in argv:
+      if arg.startswith('--config.model.init_from='):
+        value = arg.split('=', 1)[1]
+        source = weights.get(value) or tmp_path / pathlib.Path(value).name
+        assert pathlib.Path(source).exists(), f'{recipe}: no stand-in for {value}'
+        arg = f'--config.model.init_from={source}'
+      elif out and out[-1] == '--workdir':
+        arg = str(tmp_path / pathlib.Path(arg).name)
+      out.append(arg)
+    assert cli.main(out + overrides) == 0, recipe
+    assert (tmp_path / pathlib.Path(recipe).stem / 'checkpoints').is_dir()
