@@ -29,7 +29,7 @@ How each batch's statistics are read: Flax's BatchNorm in train mode sets
 running = momentum * running + (1 - momentum) * batch. The model is applied with every running
 statistic set to zero, so the updated value is (1 - momentum) * batch, and dividing by
 (1 - momentum) (each layer's own momentum, read from the module) gives the batch's mean and
-biased variance exactly as the layer computed them (to one float32 rounding).
+biased variance as the layer computed them (to float32 rounding: the multiply and the divide).
 
 The result is a new workdir OUT: config.json, one checkpoint at the source's step holding the
 whole train state with params, opt_state and rng unchanged and batch_stats replaced (so
@@ -53,6 +53,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import tqdm
 from jax import lax
 from jax.sharding import Mesh, PartitionSpec as P
 
@@ -190,7 +191,6 @@ def population_statistics(model: nn.Module, variables: dict, batches: Iterable[d
     ValueError: no BatchNorm, num_batches < 1, batches that end early or change shape, or a
       layer with one value per channel (m = 1: no variance).
   """
-  import tqdm  # pylint: disable=g-import-not-at-top
   if num_batches < 1:
     raise ValueError(f'--batches={num_batches} must be >= 1.')
   template = variables.get('batch_stats') or {}

@@ -1,4 +1,5 @@
-"""The `jaxseg` command: train, eval, predict, demo, convert-weights, report, benchmark, doctor.
+"""The `jaxseg` command: train, eval, predict, demo, convert-weights, bn-stats, report, benchmark,
+doctor.
 
   jaxseg train   --config experiments/fcn8s_voc.py --workdir DIR [--config.train.batch_size=8]
   jaxseg eval    --workdir DIR [--split val] [--checkpoint best|latest|STEP]
@@ -10,7 +11,7 @@
 (`--config.data.crop_size=256,256`, `--config.model.sync_bn=false`); a misspelt field fails
 with its name. convert-weights, report and benchmark are defined beside their code
 (`register(subparsers)` in jaxseg.weights.command, jaxseg.report, jaxseg.benchmark.command,
-jaxseg.doctor); every
+jaxseg.doctor, jaxseg.bn_stats); every
 handler is stored as `func` in the parser defaults and called as `func(args)`.
 
 Bad input (missing file, unknown field, ...) prints one line `jaxseg: error: ...` and exits 2;
@@ -27,6 +28,7 @@ import time
 from typing import Any
 
 from jaxseg import accelerators
+from jaxseg import bn_stats
 from jaxseg import config_loading
 from jaxseg import report
 from jaxseg import storage
@@ -283,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.set_defaults(func=cmd_demo)
 
   for register in (weights_command.register, report.register, benchmark_command.register,
-                   doctor.register):
+                   doctor.register, bn_stats.register):
     register(sub)
   for subparser in sub.choices.values():
     if '--traceback' not in subparser._option_string_actions:  # pylint: disable=protected-access

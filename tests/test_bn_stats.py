@@ -1,8 +1,13 @@
 """`jaxseg bn-stats` (jaxseg/bn_stats.py): BatchNorm population statistics after training.
 
 The statistics are checked against a NumPy float64 forward pass of a two-BatchNorm network
-written here; the command end to end on a one-step DeconvNet workdir (eval on its output, params
-bitwise unchanged, the source workdir's files untouched) and its refusals.
+written here; the command end to end on a width-1/16 DeconvNet workdir (eval on its output,
+params bitwise unchanged, the source workdir's files untouched) and its refusals.
+
+The workdirs are written with the trainer's own parts (the state structure of create_train_state,
+Checkpointer.save, write_workdir_config) holding random parameters as checkpoint 0, not trained:
+one DeconvNet train step (and even its jitted init) compiles for a minute on two CPU cores, and
+bn-stats reads nothing a step would add.
 """
 import hashlib
 import json
@@ -15,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxseg import bn_stats, checkpoint, cli, parallel, train
+from jaxseg import bn_stats, checkpoint, cli, optim, parallel, train
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from test_train import tiny_config  # noqa: E402  pylint: disable=g-import-not-at-top
@@ -129,6 +134,33 @@ def _variables(workdir, step):
     reader.close()
 
 
+def _make_workdir(config, workdir):
+  """config.json and checkpoint 0 of a train state with random params; nothing is compiled."""
+  mesh = parallel.create_mesh()
+  model = train.build_model(config)
+  tx, _ = optim.create_optimizer(config, train.backbone_prefixes(config))
+  shapes = train.create_train_state(config, model, tx, mesh, abstract=True)
+  rng = np.random.default_rng(7)
+
+  def param(path, leaf):
+    noise = rng.normal(0, 0.1, leaf.shape).astype(leaf.dtype)
+    return noise + 1 if path[-1].key == 'scale' else noise
+
+  def stat(path, leaf):
+    return np.full(leaf.shape, 1.0 if path[-1].key == 'var' else 0.0, leaf.dtype)
+
+  zeros = lambda leaf: np.zeros(leaf.shape, leaf.dtype)
+  state = train.TrainState(
+      step=zeros(shapes.step), params=jax.tree_util.tree_map_with_path(param, shapes.params),
+      batch_stats=jax.tree_util.tree_map_with_path(stat, shapes.batch_stats),
+      opt_state=jax.tree.map(zeros, shapes.opt_state), rng=zeros(shapes.rng))
+  writer = checkpoint.Checkpointer(workdir, config.train.keep_checkpoints)
+  writer.save(0, parallel.replicate(state, mesh), config)
+  writer.wait()
+  writer.close()
+  checkpoint.write_workdir_config(workdir, config)
+
+
 @pytest.fixture(scope='module')
 def data_dir(tmp_path_factory):
   return str(tmp_path_factory.mktemp('tfds'))
@@ -136,14 +168,14 @@ def data_dir(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def deconvnet_run(tmp_path_factory, data_dir):
-  """A one-step width-1/16 DeconvNet workdir, and `jaxseg bn-stats` of it (2 batches)."""
+  """A width-1/16 DeconvNet workdir, and `jaxseg bn-stats` of it (2 batches)."""
   root = tmp_path_factory.mktemp('bn')
   source, out = root / 'work', root / 'out'
-  config = tiny_config(data_dir, num_steps=1, eval_every=-1, checkpoint_every=1, log_every=1)
+  config = tiny_config(data_dir)
   config.model.name = 'deconvnet'
   config.data.crop_size = config.data.eval_size = (193, 193)  # DeconvNet's smallest input.
   config.eval.num_examples = 8
-  train.train_and_evaluate(config, source)
+  _make_workdir(config, source)
   before = _hashes(source)
   code = cli.main(['bn-stats', '--workdir', str(source), '--output', str(out), '--batches', '2',
                    '--checkpoint', 'latest'])
@@ -154,14 +186,14 @@ def test_cli_writes_a_workdir_that_evaluates(deconvnet_run, capsys):
   source, out, _, code = deconvnet_run
   assert code == 0
   record = json.loads((out / 'bn_stats.json').read_text())
-  assert record['step'] == 1 and record['batches'] == 2 and record['batch_size'] == 8
+  assert record['step'] == 0 and record['batches'] == 2 and record['batch_size'] == 8
   assert record['source_workdir'] == str(source) and record['sync_bn'] is True
   assert len(record['elements_per_channel']) == 29  # The script's 29 bn_layers.
   assert record['elements_per_channel']['backbone/bn1_1'] == 8 * 193 * 193
   assert json.loads((out / 'config.json').read_text()) == json.loads(
       (source / 'config.json').read_text())
 
-  old, new = _variables(source, 1), _variables(out, 1)
+  old, new = _variables(source, 0), _variables(out, 0)
   same = jax.tree.map(np.array_equal, old['params'], new['params'])
   assert all(jax.tree.leaves(same))  # Bitwise.
   assert jax.tree.structure(old['batch_stats']) == jax.tree.structure(new['batch_stats'])
@@ -173,7 +205,7 @@ def test_cli_writes_a_workdir_that_evaluates(deconvnet_run, capsys):
   capsys.readouterr()
   assert cli.main(['eval', '--workdir', str(out)]) == 0
   assert 'mean IoU' in capsys.readouterr().out
-  assert (out / 'eval' / 'val_step1.json').is_file()
+  assert (out / 'eval' / 'val_step0.json').is_file()
 
 
 def test_source_workdir_is_untouched(deconvnet_run):
@@ -198,8 +230,7 @@ def test_refusals_name_the_problem(deconvnet_run, tmp_path, data_dir, capsys):
   assert 'does not exist' in capsys.readouterr().err
 
   fcn = tmp_path / 'fcn'
-  train.train_and_evaluate(tiny_config(data_dir, num_steps=1, eval_every=-1, checkpoint_every=1,
-                                       log_every=1), fcn)
+  _make_workdir(tiny_config(data_dir), fcn)
   assert cli.main(['bn-stats', '--workdir', str(fcn), '--output', str(tmp_path / 'o2')]) == 2
   assert 'fcn8s model, which has no BatchNorm layers' in capsys.readouterr().err
   assert cli.main(['bn-stats', '--workdir', str(source), '--output', str(tmp_path / 'o3'),
