@@ -130,6 +130,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.min_proposal_size = 112
   config.eval.proposal_size = (224, 224)
   config.eval.aggregate = 'max'
+  # Each proposal box is enlarged this much about its centre into its window (the paper's 1.2);
+  # the original's cached EdgeBoxes (.mat 'boxes_padded') are already enlarged: use 1.0 for them.
+  config.eval.proposal_context = 1.2
   # A second model whose prediction is combined with this one's (EDeconvNet: DeconvNet + FCN-8s):
   # a workdir, or a weights file with eval.ensemble_config (its recipe); '' = none.
   config.eval.ensemble_with = ''

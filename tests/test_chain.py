@@ -112,3 +112,71 @@ def test_crf_refines_the_probabilities_of_the_mode(two_models):
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
   assert np.all(got[1, 4:] == 0) and np.all(got[1, :, 5:] == 0)  # Outside the second image.
   np.testing.assert_allclose(got[0].sum(-1), 1.0, rtol=1e-5)
+
+
+def test_proposals_mode_evaluates_each_image_with_its_own_windows(two_models, tmp_path):
+  """eval.mode='proposals' through `evaluate` on 8 devices: each image's windows come from the
+  proposals file by its id, selected as the original, and the confusion matrix equals the one of
+  instancewise() called image by image."""
+  import json  # pylint: disable=g-import-not-at-top
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
+  from jaxseg import inference  # pylint: disable=g-import-not-at-top
+  from jaxseg.inference import instancewise, proposals  # pylint: disable=g-import-not-at-top
+  model, a, _, _ = two_models
+  rng = np.random.default_rng(5)
+  sizes = np.array([[20, 24], [16, 12], [24, 24]] + [[0, 0]] * 5, np.int32)
+  pixels = rng.integers(0, 256, (8, 24, 24, 3)).astype(np.uint8)
+  labels = rng.integers(0, CLASSES, (8, 24, 24)).astype(np.int32)
+  ids = np.array([f'im{i}'.encode() for i in range(8)])
+  boxes = {f'im{i}': [[1, 2, 13, 15, 0.9], [4, 0, 9, 9, 0.5], [0, 0, 3, 3, 0.99]]
+           for i in range(3)}
+  (tmp_path / 'boxes.json').write_text(json.dumps(boxes))
+  config = _config(mode='proposals', proposals=str(tmp_path / 'boxes.json'), max_proposals=2,
+                   min_proposal_size=6, proposal_size=(8, 8), proposal_context=1.2)
+  for i, (h, w) in enumerate(sizes[:3]):
+    labels[i, h:] = labels[i, :, w:] = 255
+  labels[3:] = 255
+  want = np.zeros((CLASSES, CLASSES), np.int64)
+  reader = proposals.read_proposals(tmp_path / 'boxes.json')
+  apply_fn = inference.model_apply_fn(model, a)
+  for i, (h, w) in enumerate(sizes[:3]):
+    windows, valid = proposals.select_windows(reader.boxes(f'im{i}', (h, w)), (h, w), 2, 6, 1.2)
+    assert valid.sum() == 2  # The 4x4 box is too small even enlarged; the other two are kept.
+    black = pipeline.normalize(np.zeros(3, np.uint8), 'imagenet')
+    scores = instancewise.instancewise(apply_fn, pipeline.normalize(pixels[i:i + 1], 'imagenet'),
+                                       sizes[i:i + 1], windows[None], valid[None], (8, 8), 'max',
+                                       outside=black)
+    pred = np.asarray(scores)[0].argmax(-1)
+    np.add.at(want, (labels[i, :h, :w], pred[:h, :w]), 1)
+  mesh = Mesh(np.array(jax.devices()[:8]), ('data',))
+  shard = NamedSharding(mesh, P('data'))
+  batch = {'image': pixels, 'label': labels, 'valid': np.arange(8) < 3, 'height': sizes[:, 0],
+           'width': sizes[:, 1]}
+  batch = {k: jax.device_put(v, shard) for k, v in batch.items()}
+  batch['id'] = ids
+  results = inference.evaluate(config, model, a, mesh, 'val', batches=[batch])
+  np.testing.assert_array_equal(results['confusion_matrix'], want)
+  assert results['inference'] == 'proposals' and results['num_images'] == 3
+
+
+def test_predictor_takes_proposals_by_image_id(two_models, tmp_path):
+  """`jaxseg predict --proposals FILE`: the Predictor looks the windows up by the file stem."""
+  import json  # pylint: disable=g-import-not-at-top
+  from jaxseg import inference  # pylint: disable=g-import-not-at-top
+  model, a, _, _ = two_models
+  (tmp_path / 'boxes.json').write_text(json.dumps({'photo': [[2, 3, 17, 12, 1.0]]}))
+  config = _config(mode='proposals', proposals=str(tmp_path / 'boxes.json'), max_proposals=3,
+                   min_proposal_size=4, proposal_size=(8, 8))
+  predictor = inference.Predictor(config, model, a, bucket=16)
+  image = np.random.default_rng(2).integers(0, 256, (14, 21, 3)).astype(np.uint8)
+  label = predictor(image, 'photo')
+  assert label.shape == (14, 21)
+  # Outside the one window nothing scores: argmax of all-zero scores is class 0.
+  window, valid = chain.WindowSource(config).windows('photo', image, 14, 21)
+  assert valid.sum() == 1
+  y0, x0, y1, x1 = np.clip(window[0], 0, None)
+  outside = np.ones((14, 21), bool)
+  outside[y0:y1, x0:x1] = False
+  assert np.all(label[outside] == 0) and np.any(label[~outside] != 0)
+  with pytest.raises(ValueError, match='unknown'):
+    predictor(image, 'unknown')

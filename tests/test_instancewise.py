@@ -21,7 +21,9 @@ from jaxseg.inference import instancewise as iw
 from jaxseg.inference.modes import model_apply_fn
 
 CLASSES = 5
-BGR_MEAN = np.asarray([104.00698793, 116.66876762, 122.67891434])
+# preprocess_image_bb.m subtracts [104.00698793, 116.66876762, 122.67891434]; jaxseg's 'caffe'
+# normalisation (the network's input convention here) uses VGG's mean, so the reference does too.
+BGR_MEAN = np.asarray(pipeline.CAFFE_BGR_MEAN, np.float64)
 
 
 # ------------------------------------------------------------------------ NumPy reference (MATLAB)
@@ -30,7 +32,7 @@ def _triangle(x):
 
 
 def _contributions(in_length, out_length):
-  """MATLAB imresize.m contributions() for 'bilinear' with antialiasing: weights, 0-based indices."""
+  """MATLAB imresize.m contributions() for 'bilinear', antialiased: weights, 0-based indices."""
   scale = out_length / in_length
   kernel_width = 2.0
   if scale < 1:
@@ -51,7 +53,8 @@ def _contributions(in_length, out_length):
 
 
 def matlab_imresize(a, out_hw):
-  """imresize(a, out_hw, 'bilinear') of a float (h, w, c) array (smallest scale first, as MATLAB)."""
+  """imresize(a, out_hw, 'bilinear') of a float (h, w, c) array (smallest scale first, as
+  MATLAB does)."""
   a = np.asarray(a, np.float64)
   scales = [out_hw[0] / a.shape[0], out_hw[1] / a.shape[1]]
   for axis in np.argsort(scales, kind='stable'):
@@ -167,7 +170,7 @@ def test_resize_hand_values_and_cv2():
   m = crop_matrix(0, 4, 4, 2, 4)
   np.testing.assert_allclose(m @ np.arange(1., 5.), [1.625, 3.375], atol=1e-6)
   # Enlarging, imresize bilinear is cv2's INTER_LINEAR.
-  x = RNG.normal(size=(13, 17, 3)).astype(np.float32)
+  x = np.random.default_rng(2).normal(size=(13, 17, 3)).astype(np.float32)
   up = cv2.resize(x, (40, 29), interpolation=cv2.INTER_LINEAR)
   ry = crop_matrix(0, 13, 13, 29, 13)
   rx = crop_matrix(0, 17, 17, 40, 17)
@@ -176,10 +179,12 @@ def test_resize_hand_values_and_cv2():
   assert np.abs(matlab_imresize(x, (29, 40)) - up).max() < 1e-5
 
 
+@pytest.mark.parametrize('start', [-7, 3])  # Crossing the canvas edge, or inside it.
 @pytest.mark.parametrize('length,size', [(37, 24), (17, 24), (113, 224), (500, 224)])
-def test_crop_and_paste_matrices_match_matlab(length, size):
-  start, canvas = -7, length + 20
-  x = RNG.normal(size=(canvas, 1))
+def test_crop_and_paste_matrices_match_matlab(length, size, start):
+  rng = np.random.default_rng(length)
+  canvas = length + 20
+  x = rng.normal(size=(canvas, 1))
   window = np.zeros((length, 1))
   lo, hi = max(start, 0), min(start + length, canvas)
   window[lo - start:hi - start] = x[lo:hi]
@@ -188,7 +193,7 @@ def test_crop_and_paste_matrices_match_matlab(length, size):
   ours = crop[:, lo:hi] @ x[lo:hi]
   assert np.abs(ours - ref).max() < 1e-4  # float32 positions up to ~500.
   # Back: `size` scores onto the window [start, start + length) of the canvas.
-  s = RNG.normal(size=(size, 1))
+  s = rng.normal(size=(size, 1))
   ref_back = matlab_imresize(s[:, None], (length, 1))[:, 0]
   paste = paste_matrix(start, length, canvas, size)
   ours_back = (paste @ s)[lo:hi]
@@ -199,7 +204,7 @@ def test_crop_and_paste_matrices_match_matlab(length, size):
 def test_resize_differs_from_area_and_scale_and_translate_only_when_shrinking():
   """Measured (printed with -s): imresize's triangle filter vs cv2 INTER_AREA and
   jax.image.scale_and_translate(linear, antialias) on shrunk crops."""
-  crop = RNG.integers(0, 256, (300, 260, 3)).astype(np.float32)
+  crop = np.random.default_rng(3).integers(0, 256, (300, 260, 3)).astype(np.float32)
   ref = matlab_imresize(crop, (224, 224))
   ry, rx = crop_matrix(0, 300, 300, 224, 300), crop_matrix(0, 260, 260, 224, 260)
   ours = np.einsum('oh,hwc,pw->opc', ry, crop, rx, optimize=True)
@@ -315,22 +320,43 @@ def test_deconvnet_width_1_16_on_224_windows():
     config.model.width = 1 / 16
     config.data.num_classes = 3
   model = train.build_model(config)
-  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3)), train=False)
+  # Random variables of the model's structure (the fresh prototxt init gives ~1e-3 logits).
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3)),
+                                             train=False))
+  rng = np.random.default_rng(1)
+
+  def fill(path, leaf):
+    name = path[-1].key
+    if name == 'kernel':
+      value = rng.normal(0, np.sqrt(2 / np.prod(leaf.shape[:-1])), leaf.shape)
+    elif name in ('scale', 'var'):
+      value = rng.uniform(0.5, 1.5, leaf.shape)
+    else:
+      value = rng.normal(0, 0.1, leaf.shape)
+    return jnp.asarray(value, jnp.float32)
+
+  variables = jax.tree_util.tree_map_with_path(fill, shapes)
   apply_fn = model_apply_fn(model, variables)
-  image = RNG.integers(0, 256, (150, 180, 3), np.uint8)
-  windows = [(-20, -10, 130, 150), (30, 60, 150, 180), (10, 20, 250, 200)]
+  image = np.random.default_rng(4).integers(0, 256, (150, 180, 3), np.uint8)
+  # Max-unpooling switches make the network discontinuous: float32 rounding of an arbitrary
+  # resize flips a few and moves scores by O(10) locally. Windows of 224 (crossing the border),
+  # 112 (x2) and 448 (x0.5, into the padding) have exact float32 resize weights, so the crops are
+  # the reference's to rounding of the mean subtraction.
+  windows = [(-20, -10, 204, 214), (30, 60, 142, 172), (-118, -130, 330, 318)]
   images, sizes = make_batch([image], (150, 180))
   scores = np.asarray(jax.jit(lambda i, s, w, v: iw.instancewise(
       apply_fn, i, s, w, v, (224, 224), 'max', 2, black()))(
           images, sizes, jnp.asarray([windows], jnp.int32), jnp.ones((1, 3), bool)))
+  forward = jax.jit(apply_fn)
 
   def net(crop):
-    return np.asarray(apply_fn(jnp.asarray(crop[None], jnp.float32))[0], np.float64)
+    return np.asarray(forward(jnp.asarray(crop[None], jnp.float32))[0], np.float64)
 
   ref = original_loop(image, windows, net, (224, 224))
   err = np.abs(scores[0] - ref).max()
   agree = np.mean(scores[0].argmax(-1) == ref.argmax(-1))
   print(f'\nDeconvNet 1/16: max abs error {err:.2e} (scores up to {np.abs(ref).max():.2f}), '
         f'argmax agreement {agree:.4f}')
-  assert err < 1e-3 * max(1.0, np.abs(ref).max())
-  assert agree > 0.995
+  assert np.abs(ref).max() > 0.5
+  assert err < 1e-3 * np.abs(ref).max()
+  assert agree > 0.999

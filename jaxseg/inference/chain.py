@@ -220,9 +220,10 @@ class WindowSource:
   """Each image's proposal windows for eval.mode='proposals', selected as the original.
 
   config.eval.proposals names a proposals file or folder (jaxseg.inference.proposals) keyed by
-  image id, or 'selective_search' (computed from the image with OpenCV contrib). At most
-  config.eval.max_proposals windows per image (score order) of at least
-  config.eval.min_proposal_size on both sides.
+  image id, or 'selective_search' (computed from the image with OpenCV contrib). Each box is
+  enlarged by config.eval.proposal_context; at most config.eval.max_proposals windows per image
+  (score order) of at least config.eval.min_proposal_size on both sides
+  (generate_EDeconvNet_CRF_results.m: 50 and 112).
   """
 
   def __init__(self, config: ml_collections.ConfigDict):
@@ -236,7 +237,9 @@ class WindowSource:
     self.min_size = int(config.eval.min_proposal_size)
     if self.count <= 0:
       raise ValueError(f'config.eval.max_proposals={self.count} must be positive.')
-    self.context = float(config.data.window_context)
+    self.context = float(config.eval.proposal_context)
+    if self.context <= 0:
+      raise ValueError(f'config.eval.proposal_context={self.context} must be positive.')
     self.compute = source == 'selective_search'
     self._reader = None if self.compute else proposals.read_proposals(source)
 
@@ -245,11 +248,10 @@ class WindowSource:
     """(count, 4) int32 windows (y0, x0, y1, x1) and (count,) valid for one image."""
     if self.compute:
       boxes = self._proposals.compute_proposals(np.asarray(image)[:height, :width])
-      context = self.context
     else:
-      boxes, context = self._reader.boxes(image_id, (height, width)), 1.0
+      boxes = self._reader.boxes(image_id, (height, width))
     return self._proposals.select_windows(boxes, (height, width), self.count, self.min_size,
-                                          context)
+                                          self.context)
 
   def batch(self, ids: Sequence[Any], images: np.ndarray, heights: np.ndarray,
             widths: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

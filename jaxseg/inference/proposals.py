@@ -35,7 +35,6 @@ downloaded.
 The paper (Noh et al. 2015, sec. 4.3, 5.1): about 2,000 EdgeBoxes proposals per image, the top 50
 by objectness; training windows are the boxes enlarged 1.2x about their centre.
 """
-from collections.abc import Callable
 import json
 import os
 from typing import Any
@@ -44,7 +43,6 @@ from etils import epath
 import numpy as np
 import scipy.io
 
-BoxesFn = Callable[[str, tuple[int, int]], np.ndarray]
 FOLDER_SUFFIXES = ('.txt', '.npy', '.mat')
 METHODS = ('selective_search', 'edgeboxes')
 
@@ -230,9 +228,9 @@ def compute_proposals(image: np.ndarray, method: str = 'selective_search', max_b
                       model_path: str | os.PathLike[str] | None = None) -> np.ndarray:
   """Object proposals (N <= max_boxes, 5) of one uint8 RGB image (H, W, 3), best first.
 
-  'selective_search': cv2.ximgproc.segmentation selective search, fast mode (Uijlings et al.;
-    colour spaces HSV and Lab, several k). OpenCV returns its boxes in its rank order and no
-    score: the score is that rank order, 1 - i / N for the i-th box (0-based).
+  'selective_search': cv2.ximgproc.segmentation selective search (Uijlings et al. 2013) in
+    OpenCV's fast mode (switchToSelectiveSearchFast with its defaults). OpenCV returns its boxes
+    in its rank order and no score: the score is that rank, 1 - i / N for the i-th box (0-based).
   'edgeboxes': EdgeBoxes (Zitnick & Dollar 2014; the paper's proposals) with OpenCV's defaults
     on the edges of a structured-edge model: `model_path` names the model file the user has
     (e.g. OpenCV's model.yml.gz of the structured-edge sample); the scores are EdgeBoxes'.
