@@ -4,7 +4,16 @@
       --workdir workdirs/deconvnet_voc_stage2 \
       --config.model.init_from=workdirs/deconvnet_voc_stage1
 
-Starts from stage 1's result (experiments/deconvnet_voc_stage1.py).
+Starts from stage 1's result (experiments/deconvnet_voc_stage1.py). Then, as the original's
+training/003_make_bn_layer_testable and inference/run_demo.m (PROPOSALS: EdgeBoxes boxes as a
+jaxseg.inference.proposals file; the original's cached boxes_padded .mat files need
+--config.eval.proposal_context=1.0; without it, selective search):
+
+  jaxseg bn-stats --workdir workdirs/deconvnet_voc_stage2 --output workdirs/deconvnet_voc
+  jaxseg eval --workdir workdirs/deconvnet_voc --proposals PROPOSALS                    # DeconvNet
+  jaxseg eval --workdir workdirs/deconvnet_voc --proposals PROPOSALS --crf              # + CRF
+  jaxseg eval --workdir workdirs/deconvnet_voc --proposals PROPOSALS --crf \
+      --ensemble-with workdirs/fcn8s_voc                                 # EDeconvNet + CRF
 Hardware assumed: 1 GPU, as the original (batch 8, BN statistics over those 8; iter_size 8 sums
 8 of them into one update of 64). On N devices keep batch_size 64 and set
 --config.train.grad_accum_steps=8/N.
