@@ -88,6 +88,16 @@ def test_matches_pydensecrf_on_synthetic_image():
   assert agree >= 0.99 and kl < 1e-4
 
 
+def test_keys_of_two_words_match_pydensecrf():
+  """A small colour stddev spreads the keys over more than 32 bits: the two-word sort/search."""
+  probs, image, _ = _synthetic()
+  params = crf.CrfParams(iterations=5, bilateral_sxy=7.0, bilateral_srgb=1.0)
+  assert len(crf._packing((63 / 7.0, 47 / 7.0) + (255.0,) * 3)) == 2
+  agree, kl = _agreement(_reference(probs, image, params), _ours(probs, image, None, params)[0])
+  print(f'synthetic 48x64, srgb 1: argmax agreement {agree:.5f}, mean KL {kl:.2e}')
+  assert agree >= 0.999 and kl < 1e-5
+
+
 def test_matches_pydensecrf_on_camvid(monkeypatch):
   monkeypatch.setattr(crf, '_MIN_BUCKETED', 0)  # The prefix buckets of large images, too.
   image, mask = _camvid()

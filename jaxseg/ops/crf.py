@@ -30,19 +30,23 @@ keeps only the simplex vertices the pixels touch, at most N (d+1), and filtering
 O(N (d+1)) per class.
 
 The lattice inside jit, with static shapes (N pixels, L = N (d+1) vertex slots):
-- keys y (d+1 int32 coordinates, sum 0, all congruent mod d+1). Along lattice direction j a
-  neighbour changes y_j by +-d and every other coordinate by -+1, so in the coordinates
-  c_i = (y_i - y_k) / (d+1), k = j+1 mod d+1 (integers), it changes only c_j, by +-1, and
-  the other c_i identify the lattice line. Sorting the vertices by (the line's c_i, then c_j)
-  puts each vertex's two neighbours along j next to it when they exist: one lexicographic sort
-  per direction (lax.sort, keys compared exactly) finds them, no hashing or search.
-- the first sort (direction 0) over all L pixel-vertex entries also deduplicates: unique ids
-  are the cumsum of "differs from the previous entry"; the other d sorts run over the unique
-  vertices, padded to L slots by sentinels that sort last and never match.
-- each iteration: splat (segment_sum into the unique vertices in direction-0 order), for each
-  direction j the blur as two shifted adds in direction-j order and a gather (one permutation)
-  into direction j+1's order, and the slice (a gather). The lattice is built once per image and
-  kernel; the iterations reuse it.
+- keys y (d+1 int32 coordinates, sum 0, all congruent mod d+1) are the d integers
+  c_i = (y_i - y_1) / (d+1), i != 1, whose ranges follow here, in Python, from the feature
+  bounds (W-1)/sxy, (H-1)/sxy, 255/srgb. They pack in mixed radix into uint32 words: one word
+  for CamVid and VOC sizes at DeconvNet's settings (480x360: 31.3 bits bilateral, 15.4 gaussian).
+  The neighbour key +- (1 - (d+1) e_j) adds a constant to the words (c_j -+ 1, or every c_i +- 1
+  for j = 1).
+- one sort of the L packed keys (a single uint32 operand: XLA:CPU's fast path, ~6x faster than
+  a sort carrying an index), deduplicated into a sorted table of the M vertices (cumsum of
+  "differs from the previous", one scatter). Each vertex's neighbour along j is found by binary
+  search of its neighbour key in the table; the reverse neighbour by inverting that map. Each
+  pixel's vertex 0 is found by binary search; vertex r+1 is vertex r's neighbour along the
+  direction of rank d - r (Permutohedral::init's canonical simplex), so no other entry is
+  searched.
+- each iteration: splat (segment_sum into the table's order), the blur as d+1 steps in a
+  fori_loop (two row gathers each: a loop, since XLA:CPU otherwise fuses the chain of gathers
+  into one loop that recomputes every gathered row, ~6x slower), slice (a row gather). The
+  lattice is built once per image and kernel; the iterations reuse it.
 
 Padded canvases: a pixel outside its image's `sizes` takes the vertex keys of pixel (0, 0) with
 barycentric weight 0, so it adds no vertex and no mass, and the lattice is that of the cropped
@@ -59,8 +63,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-
-_INT_MAX = np.iinfo(np.int32).max
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,40 +100,43 @@ class CrfParams:
 @dataclasses.dataclass(frozen=True)
 class _Lattice:
   """One image's lattice for one kernel (L = N (d+1) vertex slots, M of them used)."""
-  offsets: jax.Array  # (N, d+1) int32: each pixel's vertices as direction-0 positions.
+  offsets: jax.Array  # (N, d+1) int32: each pixel's vertices (positions in the sorted order).
   weights: jax.Array  # (N, d+1) float32: their barycentric weights (0 outside the image).
-  perms: tuple[jax.Array, ...]  # d arrays (L,): direction-j order from direction j-1's.
-  slice_index: jax.Array  # (N, d+1): each pixel's vertices as direction-d positions.
-  has_next: tuple[jax.Array, ...]  # d+1 arrays (L,) bool: position p+1 is p's neighbour.
-  has_prev: tuple[jax.Array, ...]  # d+1 arrays (L,) bool: position p-1 is p's neighbour.
-  bucket: jax.Array  # int32 index into _bucket_sizes(L): the smallest prefix holding M.
+  nexts: jax.Array  # (d+1, L) int32: the position of key + 1 - (d+1) e_j, or P if absent.
+  prevs: jax.Array  # (d+1, L) int32: the position of key - 1 + (d+1) e_j, or P if absent.
+  bucket: jax.Array  # int32 index into _bucket_sizes(L): the smallest prefix P holding M.
 
 
 jax.tree_util.register_dataclass(
-    _Lattice,
-    data_fields=['offsets', 'weights', 'perms', 'slice_index', 'has_next', 'has_prev', 'bucket'],
-    meta_fields=[])
+    _Lattice, data_fields=['offsets', 'weights', 'nexts', 'prevs', 'bucket'], meta_fields=[])
 
-# The vertices in use (M of L) fill a prefix of every direction's order: the direction sorts
-# and the blur run over the smallest of these static prefixes that holds M (lax.switch), L / 4^k
+# The M vertices in use fill a prefix of the sorted table: the neighbour searches and the
+# filtering run over the smallest of these static prefixes that holds M (lax.switch), L / 4^k
 # (CamVid at DeconvNet's settings: M / L ~ 0.21 bilateral, ~ 0.04 gaussian).
 # Lattices of fewer slots than _MIN_BUCKETED (small images) take one bucket: it saves compile time.
 _BUCKETS = 3
 _MIN_BUCKETED = 1 << 17
+_SENTINEL = np.uint32(0xFFFFFFFF)  # Sorts after every packed key.
 
 
 def _bucket_sizes(size: int) -> list[int]:
   return [-(-size // 4 ** k) for k in range(_BUCKETS if size >= _MIN_BUCKETED else 1)]
 
 
-def _simplices(features: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Vertex keys (N, d+1, d+1) and barycentric weights (N, d+1) of each feature's simplex.
+def _scales(d: int) -> list[np.float32]:
+  """Permutohedral::init's elevation scale factors sqrt(2/3) (d+1) / sqrt((i+1)(i+2))."""
+  inv_std_dev = float(np.float32(np.sqrt(2.0 / 3.0) * (d + 1)))
+  return [np.float32(1.0 / np.sqrt((i + 2) * (i + 1)) * inv_std_dev) for i in range(d)]
+
+
+def _simplices(features: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Vertex keys (N, d+1, d+1), barycentric weights (N, d+1) and ranks (N, d+1) of each feature's
+  simplex.
 
   Permutohedral::init (permutohedral.cpp), operation for operation in float32.
   """
   n, d = features.shape
-  inv_std_dev = float(np.float32(np.sqrt(2.0 / 3.0) * (d + 1)))
-  scale = [np.float32(1.0 / np.sqrt((i + 2) * (i + 1)) * inv_std_dev) for i in range(d)]
+  scale = _scales(d)
   down = np.float32(1.0 / (d + 1))
   up = np.float32(d + 1)
   # Elevate (y = E f, p.5 in Adams et al. 2010).
@@ -170,71 +175,152 @@ def _simplices(features: jax.Array) -> tuple[jax.Array, jax.Array]:
   r = np.arange(d + 1)[None, :, None]
   canonical = jnp.where(rank[:, None, :] <= d - r, r, r - (d + 1))  # (N, remainder, coord)
   keys = rem0.astype(jnp.int32)[:, None, :] + canonical
-  return keys, bary
+  return keys, bary, rank
 
 
-def _direction_coords(keys: jax.Array, j: int) -> list[jax.Array]:
-  """Sort keys for lattice direction j: the line's coordinates, then the position along it."""
+def _packing(bounds: tuple[float, ...]) -> list[list[tuple[int, int, int]]]:
+  """How a vertex key packs into uint32 words: per word its fields (i, lowest value, radix).
+
+  A key y (sum 0, coordinates congruent mod d+1) is the integers c_i = (y_i - y_1) / (d+1),
+  i != 1. For features in [0, bounds], the elevated point's c_i is a linear function of them, so
+  its range is known here; a vertex of the enclosing simplex differs from it by at most 1 (the
+  point is a convex combination of the simplex's vertices, whose canonical offsets differ by 0 or
+  d+1 between coordinates), a lattice neighbour by 1 more, and 1 more covers float32 rounding.
+  The fields go into mixed-radix words, most significant first, each word's radices' product
+  under 2^32 - 1 (the sentinel).
+  """
+  d = len(bounds)
+  scale = np.asarray(_scales(d), np.float64)
+  lift = np.zeros((d + 1, d))  # elevated = lift @ features
+  lift[0] = scale
+  for j in range(1, d + 1):
+    lift[j, j:] = scale[j:]
+    lift[j, j - 1] = -j * scale[j - 1]
+  top = np.asarray(bounds, np.float64)
+  words, word, product = [], [], 1
+  for i in [0] + list(range(2, d + 1)):
+    a = (lift[i] - lift[1]) / (d + 1)
+    lo = int(np.floor(np.sum(np.minimum(a, 0.0) * top))) - 3
+    hi = int(np.ceil(np.sum(np.maximum(a, 0.0) * top))) + 3
+    radix = hi - lo + 1
+    if radix >= 1 << 32:
+      raise ValueError(f'crf: features up to {bounds} span {radix} lattice positions along one '
+                       'axis, more than 2^32; use larger kernel stddevs (config.crf.*_sxy/srgb).')
+    if product * radix >= 1 << 32:
+      words.append(word)
+      word, product = [], 1
+    word.append((i, lo, radix))
+    product *= radix
+  words.append(word)
+  return words
+
+
+def _pack(keys: jax.Array, packing: list[list[tuple[int, int, int]]]) -> list[jax.Array]:
+  """The uint32 words of keys (..., d+1)."""
   d1 = keys.shape[-1]
-  k = (j + 1) % d1
-  line = [(keys[..., i] - keys[..., k]) // d1 for i in range(d1) if i not in (j, k)]
-  return line + [(keys[..., j] - keys[..., k]) // d1]
+  words = []
+  for word in packing:
+    acc = None
+    for i, lo, radix in word:
+      field = ((keys[..., i] - keys[..., 1]) // d1 - lo).astype(jnp.uint32)
+      acc = field if acc is None else acc * np.uint32(radix) + field
+    words.append(acc)
+  return words
 
 
-def _neighbours(coords: list[jax.Array], valid: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """In a sorted order: whether position p+1 (p-1) is p's neighbour along the direction."""
-  same_line = valid[1:] & valid[:-1]
-  for c in coords[:-1]:
-    same_line = same_line & (c[1:] == c[:-1])
-  step = same_line & (coords[-1][1:] == coords[-1][:-1] + 1)
-  false = jnp.zeros((1,), bool)
-  return jnp.concatenate([step, false]), jnp.concatenate([false, step])
+def _deltas(packing: list[list[tuple[int, int, int]]], d: int) -> np.ndarray:
+  """(d+1, words) uint32: what key + 1 - (d+1) e_j adds to each word (mod 2^32): c_j - 1, or all
+  c_i + 1 for j = 1."""
+  deltas = np.zeros((d + 1, len(packing)), np.uint32)
+  for j in range(d + 1):
+    for w, word in enumerate(packing):
+      delta, stride = 0, 1
+      for i, _, radix in reversed(word):
+        delta += stride * (1 if j == 1 else -1 if i == j else 0)
+        stride *= radix
+      deltas[j, w] = delta % (1 << 32)
+  return deltas
 
 
-def _pad(x: jax.Array, size: int, value: Any = 0) -> jax.Array:
-  return jnp.concatenate([x, jnp.full((size - x.shape[0],), value, x.dtype)])
+def _less(a: list[jax.Array], b: list[jax.Array]) -> jax.Array:
+  """Lexicographic a < b over the words."""
+  result = a[-1] < b[-1]
+  for x, y in zip(a[-2::-1], b[-2::-1]):
+    result = (x < y) | ((x == y) & result)
+  return result
 
 
-def _build_lattice(features: jax.Array, inside: jax.Array) -> _Lattice:
-  """The lattice of the features (N, d) of the pixels `inside` (N,) bool."""
+def _lower_bound(table: list[jax.Array], queries: list[jax.Array]) -> jax.Array:
+  """How many (sorted) table entries are below each query: a branchless binary search."""
+  size = table[0].shape[0]
+  top = size.bit_length() - 1
+
+  def step(k, pos):
+    cand = pos + (1 << (top - k))
+    at = jnp.minimum(cand, size) - 1
+    return jnp.where((cand <= size) & _less([t[at] for t in table], queries), cand, pos)
+
+  return lax.fori_loop(0, top + 1, step, jnp.zeros(queries[0].shape, jnp.int32))
+
+
+def _build_lattice(features: jax.Array, inside: jax.Array, bounds: tuple[float, ...]) -> _Lattice:
+  """The lattice of the features (N, d) in [0, bounds] of the pixels `inside` (N,) bool."""
   n, d = features.shape
   size = n * (d + 1)
-  keys, bary = _simplices(features)
+  keys, bary, rank = _simplices(features)
   keys = jnp.where(inside[:, None, None], keys, keys[0])  # Outside: pixel 0's vertices ...
+  rank = jnp.where(inside[:, None], rank, rank[0])
   bary = jnp.where(inside[:, None], bary, 0.0)  # ... with no weight.
-  keys = keys.reshape(size, d + 1)
-  iota = lax.iota(jnp.int32, size)
-  # Direction 0: sort all entries, deduplicate.
-  *coords, order = lax.sort((*_direction_coords(keys, 0), iota), num_keys=d)
-  differs = functools.reduce(jnp.logical_or, [c[1:] != c[:-1] for c in coords])
-  uid = jnp.cumsum(jnp.concatenate([jnp.zeros((1,), jnp.int32), differs.astype(jnp.int32)]))
-  count = uid[-1] + 1
-  offsets = jnp.zeros((size,), jnp.int32).at[order].set(uid).reshape(n, d + 1)
-  vertex_keys = jnp.zeros((size, d + 1), jnp.int32).at[uid].set(keys[order])
-  valid = iota < count  # In every direction's order the count real vertices come first.
-  coords = [jnp.zeros((size,), jnp.int32).at[uid].set(c) for c in coords]
-  first_next, first_prev = _neighbours([jnp.where(valid, c, _INT_MAX) for c in coords], valid)
+  packing = _packing(bounds)
+  words = _pack(keys, packing)  # (N, d+1) each
+  # Sort all entries' packed keys (one operand sorts fastest), deduplicate into a sorted table.
+  flat = [w.reshape(-1) for w in words]
+  if len(flat) == 1:
+    ordered = [lax.sort(flat[0])]
+  else:
+    ordered = list(lax.sort(tuple(flat), num_keys=len(flat)))
+  first = jnp.concatenate([jnp.ones((1,), bool),
+                           functools.reduce(jnp.logical_or,
+                                            [w[1:] != w[:-1] for w in ordered])])
+  count = jnp.sum(first, dtype=jnp.int32)
+  slot = jnp.where(first, jnp.cumsum(first, dtype=jnp.int32) - 1, size)
+  unique = [jnp.full((size,), _SENTINEL).at[slot].set(w, mode='drop') for w in ordered]
   sizes = _bucket_sizes(size)
   bucket = jnp.sum(jnp.asarray(sizes[1:], jnp.int32) >= count).astype(jnp.int32)
+  deltas = jnp.asarray(_deltas(packing, d))
+  # Vertex r+1 of a simplex is vertex r + 1 - (d+1) e_j, j the coordinate of rank d - r.
+  walk = jnp.argmax(rank[:, None, :] == d - np.arange(d)[None, :, None], axis=2)  # (N, d)
 
-  def directions(prefix):  # Directions 1..d over the first `prefix` slots (>= count).
-    vkeys, ok, pos = vertex_keys[:prefix], valid[:prefix], iota[:prefix]
-    inverse = pos  # direction-0 position -> position in the current direction's order
-    perms, has_next, has_prev = [], [], []
-    for j in range(1, d + 1):
-      coords = [jnp.where(ok, c, _INT_MAX) for c in _direction_coords(vkeys, j)]
-      *coords, order = lax.sort((*coords, pos), num_keys=d)  # order: direction-0 positions
-      perms.append(_pad(inverse[order], size))
-      inverse = jnp.zeros((prefix,), jnp.int32).at[order].set(pos)
-      nxt, prv = _neighbours(coords, ok)
-      has_next.append(_pad(nxt, size, False))
-      has_prev.append(_pad(prv, size, False))
-    return tuple(perms), inverse[offsets], tuple(has_next), tuple(has_prev)
+  def lookups(prefix):  # Over the first `prefix` table slots (>= count).
+    table = [u[:prefix] for u in unique]
+    pos = lax.iota(jnp.int32, prefix)
+    valid = pos < count
 
-  perms, slice_index, has_next, has_prev = lax.switch(
-      bucket, [functools.partial(directions, s) for s in sizes])
-  return _Lattice(offsets, bary, perms, slice_index, (first_next, *has_next),
-                  (first_prev, *has_prev), bucket)
+    def neighbours(j):  # Positions of key + 1 - (d+1) e_j and key - 1 + (d+1) e_j, or prefix.
+      query = [t + deltas[j, w] for w, t in enumerate(table)]
+      at = _lower_bound(table, query)
+      atc = jnp.minimum(at, prefix - 1)
+      found = functools.reduce(jnp.logical_and, [t[atc] == q for t, q in zip(table, query)],
+                               valid & (at < prefix))
+      nxt = jnp.where(found, at, prefix)
+      return nxt, jnp.full((prefix,), prefix, jnp.int32).at[nxt].set(pos, mode='drop')
+
+    nexts, prevs = lax.map(neighbours, jnp.arange(d + 1))  # (d+1, prefix) each
+    vertex = _lower_bound(table, [w[:, 0] for w in words])  # Each pixel's vertex 0 ...
+    offsets = [vertex]
+    flat_nexts = nexts.reshape(-1)
+    for r in range(d):  # ... and the others by walking along the simplex's edges.
+      vertex = flat_nexts[walk[:, r] * prefix + vertex]
+      offsets.append(vertex)
+    return (jnp.stack(offsets, axis=1), _pad(nexts, size, prefix), _pad(prevs, size, prefix))
+
+  offsets, nexts, prevs = lax.switch(bucket, [functools.partial(lookups, s) for s in sizes])
+  return _Lattice(offsets, bary, nexts, prevs, bucket)
+
+
+def _pad(x: jax.Array, size: int, value: int) -> jax.Array:
+  return jnp.concatenate([x, jnp.full(x.shape[:-1] + (size - x.shape[-1],), value, x.dtype)],
+                         axis=-1)
 
 
 def _filter(lattice: _Lattice, values: jax.Array) -> jax.Array:
@@ -247,15 +333,16 @@ def _filter(lattice: _Lattice, values: jax.Array) -> jax.Array:
   def run(prefix, splat):  # Over the first `prefix` vertex slots (>= the M in use).
     grid = jax.ops.segment_sum(splat, lattice.offsets.reshape(-1), num_segments=prefix)
     zero = jnp.zeros_like(grid[:1])
-    for j in range(d + 1):
-      if j:
-        grid = grid[lattice.perms[j - 1][:prefix]]
-      after = jnp.where(lattice.has_next[j][:prefix, None], jnp.concatenate([grid[1:], zero]),
-                        0.0)
-      before = jnp.where(lattice.has_prev[j][:prefix, None], jnp.concatenate([zero, grid[:-1]]),
-                         0.0)
-      grid = grid + 0.5 * (after + before)
-    picked = grid[lattice.slice_index.reshape(-1)].reshape(n, d1, -1)
+    nexts, prevs = lattice.nexts[:, :prefix], lattice.prevs[:, :prefix]
+
+    # A loop, so that each direction reads the previous one's stored grid: XLA:CPU would fuse
+    # the chain of gathers into one loop that recomputes every gathered row.
+    def blur(j, grid):
+      padded = jnp.concatenate([grid, zero])  # Row `prefix`: a missing neighbour.
+      return grid + 0.5 * (padded[nexts[j]] + padded[prevs[j]])
+
+    grid = lax.fori_loop(0, d + 1, blur, grid)
+    picked = grid[lattice.offsets.reshape(-1)].reshape(n, d1, -1)
     return jnp.sum(lattice.weights[:, :, None] * picked * alpha, axis=1)
 
   return lax.switch(lattice.bucket, [functools.partial(run, s) for s in _bucket_sizes(size)],
@@ -287,7 +374,8 @@ def _one_image(unary: jax.Array, image: jax.Array, size: jax.Array,
   for sxy, srgb, compat in ((params.gaussian_sxy, None, params.gaussian_compat),
                             (params.bilateral_sxy, params.bilateral_srgb,
                              params.bilateral_compat)):
-    lattice = _build_lattice(_features(image, sxy, srgb), inside)
+    bounds = ((w - 1) / sxy, (h - 1) / sxy) + (() if srgb is None else (255.0 / srgb,) * 3)
+    lattice = _build_lattice(_features(image, sxy, srgb), inside, bounds)
     norm = _filter(lattice, jnp.ones((h * w, 1), jnp.float32))
     norm = jnp.where(inside[:, None], 1.0 / jnp.sqrt(norm + 1e-20), 0.0)
     kernels.append((lattice, norm, np.float32(compat)))
