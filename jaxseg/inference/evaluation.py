@@ -3,7 +3,8 @@
 `evaluate` runs the inference chain of config.eval (jaxseg.inference.chain: the mode, an
 ensemble partner, the dense CRF) over pipeline.eval_iterator,
 accumulating the confusion matrix on the devices (psum over 'data', hence over hosts too), and
-writes workdir/eval/<split>_step<N>.json.
+writes workdir/eval/<split>_step<N>.json (a failed write is reported with the scores, not raised:
+a read-only workdir can be evaluated).
 """
 from collections.abc import Callable, Iterable, Sequence
 import functools
@@ -127,7 +128,9 @@ def evaluate(config: ml_collections.ConfigDict, model: Any, variables: Any, mesh
   pipeline.eval_iterator (padded examples and label 255 masked out,
   the last batch kept), accumulating one confusion matrix on the devices (psum over 'data',
   hence over hosts too). When `workdir` is given, process 0 writes
-  workdir/eval/<split>_step<step>.json. `batches` replaces the eval iterator (same dict
+  workdir/eval/<split>_step<step>.json and returns its path as 'results_file'; when it cannot be
+  written (a read-only workdir, a full disk) nothing is raised: the scores are returned with
+  'results_file_error' saying which file and why. `batches` replaces the eval iterator (same dict
   format: image, label, valid, id, and height/width: each image's true size, which multiscale
   needs; without them every image fills its canvas), e.g. for tests.
 
@@ -135,7 +138,8 @@ def evaluate(config: ml_collections.ConfigDict, model: Any, variables: Any, mesh
     dict with pixel_accuracy, mean_accuracy, mean_iou, fw_iou (floats, FCN's definitions),
     per_class_iou, per_class_accuracy (lists; NaN where a class is absent, see jaxseg.metrics),
     confusion_matrix (int64 ndarray), class_names, per_image ([{'id', 'iou',
-    'pixel_accuracy'}] in dataset order), num_images, split.
+    'pixel_accuracy'}] in dataset order), num_images, split, inference (the chain's tag); with a
+    workdir on process 0 also results_file (str) or results_file_error (str).
   """
   split = split or config.data.eval_split
   num_classes = config.data.num_classes
@@ -193,7 +197,14 @@ def evaluate(config: ml_collections.ConfigDict, model: Any, variables: Any, mesh
   results['num_images'] = len(results['per_image'])
   results['inference'] = prediction.tag
   if workdir is not None and jax.process_index() == 0:
-    write_results(results, workdir, split, step, prediction.tag)
+    path = results_path(workdir, split, step, prediction.tag)
+    try:
+      write_results(results, workdir, split, step, prediction.tag)
+    except OSError as e:  # The scores cost a whole evaluation: return them, say what failed.
+      reason = f'{e.strerror}: {e.filename}' if e.strerror and e.filename else str(e)
+      results['results_file_error'] = f'{path} could not be written ({reason})'
+    else:
+      results['results_file'] = str(path)
   return results
 
 

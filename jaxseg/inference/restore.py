@@ -42,7 +42,10 @@ def restore(workdir: str | os.PathLike, which: str | int = 'best',
             overrides: Sequence[tuple[str, str]] = ()) -> Restored:
   """The model of a workdir's checkpoint ('best', 'latest' or a step) with its saved config.
 
-  `overrides` are (field, value) pairs applied to the saved config (e.g. eval settings).
+  `overrides` are (field, value) pairs applied to the saved config (e.g. eval settings). 'best'
+  and 'latest' skip damaged checkpoints with a warning naming the damage (the next best / newest
+  readable one is used); a damaged step given by number raises
+  jaxseg.checkpoint.CheckpointDamagedError naming it. Needs read access only.
   """
   from jaxseg import checkpoint, parallel, train  # pylint: disable=g-import-not-at-top
   if not storage.resolve(workdir).is_dir():
