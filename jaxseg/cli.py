@@ -14,8 +14,9 @@ with its name. convert-weights, report and benchmark are defined beside their co
 jaxseg.doctor, jaxseg.bn_stats); every
 handler is stored as `func` in the parser defaults and called as `func(args)`.
 
-Bad input (missing file, unknown field, ...) prints one line `jaxseg: error: ...` and exits 2;
-`--traceback` shows the Python traceback instead.
+Bad input (missing file, unknown field, ...) prints `jaxseg: error: ...` with the whole message
+(lists of missing files and download instructions span several lines) and exits 2; `--traceback`
+shows the Python traceback instead.
 """
 from collections.abc import Sequence
 import argparse
@@ -124,6 +125,12 @@ def _inference_overrides(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+  """Scores a workdir's checkpoint (or --weights) on a split; prints the table.
+
+  Writes <workdir>/eval/<split>_step<N>.json. When that file cannot be written (a read-only
+  workdir) the table is still printed, then a line on stderr names the file and the reason, and
+  the exit code stays 0: the scores were computed and shown.
+  """
   from jaxseg import inference, launch  # pylint: disable=g-import-not-at-top
   # One process per host, as `jaxseg train`: each reads its share of the split and the
   # confusion matrix is summed across hosts. Must run before anything touches a device.
@@ -143,13 +150,23 @@ def cmd_eval(args: argparse.Namespace) -> int:
                  f'{seconds:.1f} s):')
   import jax  # pylint: disable=g-import-not-at-top
   if args.workdir and jax.process_index() == 0:  # The only process that writes it.
-    print(f'wrote {inference.results_path(args.workdir, split, step, results["inference"])}')
+    if 'results_file_error' in results:
+      sys.stdout.flush()  # After the table, also when both streams go to one file.
+      print(f'jaxseg eval: the scores above are not saved: {results["results_file_error"]}',
+            file=sys.stderr, flush=True)
+    else:
+      print(f'wrote {results["results_file"]}')
   return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
   from jaxseg import inference  # pylint: disable=g-import-not-at-top
   from jaxseg.data import classes  # pylint: disable=g-import-not-at-top
+  from jaxseg.inference import files, images  # pylint: disable=g-import-not-at-top
+  max_pixels = images.MAX_PIXELS if args.max_pixels is None else args.max_pixels
+  if max_pixels < 0:
+    raise ValueError(f'--max-pixels {max_pixels} must be >= 0 (0 = no limit)')
+  files.plan_outputs(args.input, args.output)  # Bad paths fail before the model loads.
   _inference_overrides(args)
   restored = _restore(args)
   config = restored.config
@@ -161,7 +178,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
                                              config.eval.ensemble_with)) if on)
   print(f'{config.model.name} {source}, eval.mode={config.eval.mode}{extras}')
   written = inference.predict_files(predictor, args.input, args.output,
-                                    classes.palette_for(config.data.dataset))
+                                    classes.palette_for(config.data.dataset),
+                                    max_pixels=max_pixels or None)
   return 1 if written['failed'] else 0
 
 
@@ -274,6 +292,10 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument('--checkpoint', type=_checkpoint_arg, default='best')
   p.add_argument('--bucket', type=int, default=64,
                  help='pad images to multiples of this (fewer recompilations)')
+  p.add_argument('--max-pixels', '--max_pixels', dest='max_pixels', type=int,
+                 help='refuse (report and skip) images with more pixels, read from the file '
+                 'header before decoding: a guard against decompression bombs (default '
+                 "178,956,970 = jaxseg.inference.images.MAX_PIXELS, PIL's limit; 0 = no limit)")
   _add_inference_flags(p)
   p.set_defaults(func=cmd_predict)
 
@@ -341,7 +363,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   except USAGE_ERRORS as e:
     if args.traceback:
       raise
-    message = str(e).splitlines()[0] if str(e) else type(e).__name__
+    message = str(e).strip() or type(e).__name__  # Whole: lists and instructions span lines.
     print(f'jaxseg: error: {message}  (--traceback for details)', file=sys.stderr)
     return 2
 

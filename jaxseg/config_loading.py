@@ -43,6 +43,8 @@ def load_config(path: str | os.PathLike[str]) -> ml_collections.ConfigDict:
   sys.modules[name] = module
   try:
     spec.loader.exec_module(module)
+  except SyntaxError as e:  # Also IndentationError; may come from a file the config imports.
+    raise ValueError(_syntax_message(e)) from e
   finally:
     sys.modules.pop(name, None)
   if not hasattr(module, 'get_config'):
@@ -52,7 +54,45 @@ def load_config(path: str | os.PathLike[str]) -> ml_collections.ConfigDict:
     raise ValueError(f'get_config() in {str(path)!r} returned {type(config).__name__}, '
                      'expected an ml_collections.ConfigDict')
   config.lock()
+  check_shapes(config)
   return config
+
+
+def _syntax_message(error: SyntaxError) -> str:
+  """'config file F, line N: msg' with the offending line and a caret under the column."""
+  where = f'config file {error.filename!r}, line {error.lineno}'
+  text = (error.text or '').rstrip('\n')
+  shown = ''
+  if text.strip():
+    indent = len(text) - len(text.lstrip())
+    caret = ' ' * max(0, (error.offset or 1) - 1 - indent) + '^'
+    shown = f'\n    {text.strip()}\n    {caret}'
+  return f'{where}: {type(error).__name__}: {error.msg}{shown}'
+
+
+# Fields that hold an (H, W) pair of positive ints; checked whenever a config is built or changed.
+PAIR_FIELDS = ('data.crop_size', 'data.eval_size', 'data.window_resize', 'eval.crop_size',
+               'eval.stride', 'eval.proposal_size')
+
+
+def check_shapes(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the field when a PAIR_FIELDS entry is not two positive ints.
+
+  Checked here, before any model or data exists, instead of failing as a max_pool window or
+  'not enough values to unpack' deep inside the first train step or prediction.
+  """
+  for name in PAIR_FIELDS:
+    group, _, leaf = name.partition('.')
+    if group not in config or leaf not in config[group]:
+      continue
+    value = config[group][leaf]
+    values = tuple(value) if isinstance(value, (tuple, list)) else (value,)
+    ints = all(isinstance(v, int) and not isinstance(v, bool) for v in values)
+    if len(values) != 2 or not ints or min(values) < 1:
+      single = len(values) == 1 and ints and values[0] > 0
+      example = f'{values[0]},{values[0]}' if single else '320,320'
+      raise ValueError(f'config.{name}={value!r} must be two positive ints (H, W), e.g. '
+                       f'--config.{name}={example}')
 
 
 def field_names(config: ml_collections.ConfigDict, prefix: str = '') -> list[str]:
@@ -157,6 +197,7 @@ def apply_overrides(config: ml_collections.ConfigDict,
   """Applies ('a.b', 'text') overrides, parsing each text with the field's type."""
   for name, text in overrides:
     set_field(config, name, parse_value(text, get_field(config, name), name))
+  check_shapes(config)
   return config
 
 

@@ -8,8 +8,10 @@ training are spent on a run whose first evaluation could never run.
   check_config   numbers: batch sizes vs devices and accumulation, steps, intervals
   check_model    the model traced (no compile) at the train crop and through the eval mode at
                  the eval size: too-small inputs, slide windows larger than the image, ...
-  check_data     the train and eval splits exist and hold enough examples
+  check_data     config.data.num_classes matches the dataset (`check_classes`); the train and
+                 eval splits exist and hold enough examples
 """
+import logging
 from typing import Any
 
 import jax
@@ -105,6 +107,7 @@ def check_data(config: ml_collections.ConfigDict, process_count: int) -> None:
   """The train split feeds every process; the eval split exists and holds eval.num_examples."""
   from jaxseg.data import pipeline  # pylint: disable=g-import-not-at-top  (imports TF)
   builder = pipeline.load_builder(config)
+  check_classes(config, builder)
   train_size = pipeline.split_size(builder, config.data.train_split, 'config.data.train_split')
   if train_size < process_count:
     raise ValueError(f'config.data.train_split={config.data.train_split!r} has {train_size} '
@@ -121,3 +124,31 @@ def check_data(config: ml_collections.ConfigDict, process_count: int) -> None:
   if wanted == 0:
     raise ValueError('config.eval.num_examples=0 would evaluate nothing; use -1 for the whole '
                      'split, or config.train.eval_every=-1 to train without evaluation.')
+
+
+def check_classes(config: ml_collections.ConfigDict, builder: Any) -> None:
+  """config.data.num_classes against the class count the dataset's metadata records.
+
+  jaxseg's builders record `class_names` in their TFDS metadata. Fewer classes than the dataset
+  has is an error: labels >= num_classes would count as valid pixels without loss and drop out of
+  the confusion matrix, inflating every score. More is allowed with a warning: the extra outputs
+  never appear in the labels, so they only cost compute and, when predicted, count as errors (a
+  head for a superset of classes, e.g. before fine-tuning on another dataset). Datasets without
+  `class_names` are checked example by example in the input pipeline alone.
+  """
+  metadata = getattr(builder.info, 'metadata', None) or {}
+  names = metadata.get('class_names')
+  if not names:
+    return
+  wanted, found = int(config.data.num_classes), len(names)
+  if wanted < found:
+    shown = ', '.join(names[:4]) + (', ...' if found > 4 else '')
+    raise ValueError(
+        f'config.data.num_classes={wanted} is less than the {found} classes of '
+        f'config.data.dataset={config.data.dataset!r} ({shown}): labels '
+        f'{wanted}..{found - 1} would count as pixels without loss and be left out of the scores. '
+        f'Set config.data.num_classes={found}.')
+  if wanted > found:
+    logging.warning('config.data.num_classes=%d is more than the %d classes of %r: outputs '
+                    '%d..%d never occur in the labels (allowed; set %d unless intended).', wanted,
+                    found, config.data.dataset, found, wanted - 1, found)

@@ -393,6 +393,7 @@ def test_embedded_synthetic_dataset_feeds_batches(config):
   from jaxseg.data import dataset_spec
   num_classes = dataset_spec('synthetic_shapes').num_classes
   config.data.dataset = 'synthetic_shapes/tiny'
+  config.data.num_classes = num_classes
   config.data.crop_size = (48, 48)
   config.data.eval_size = (64, 64)
   config.data.scale_range = (0.5, 2.0)

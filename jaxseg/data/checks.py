@@ -4,8 +4,9 @@ Builders call these while preparing a dataset, so a bad source file stops the pr
 naming the file; TFDS writes into a temporary folder and only renames it on success, so a failed
 prepare leaves nothing `tfds.load` would read.
 """
+import contextlib
 import io
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Iterator, Mapping, Sequence
 
 from etils import epath
 import numpy as np
@@ -285,12 +286,59 @@ def manual_dir_or_none(dl_manager: tfds.download.DownloadManager,
     return None
 
 
-def download_or_explain(dl_manager, urls: dict[str, str], instructions: str) -> dict:
-  """download_and_extract, turning a failure into an error that says how to supply the files."""
+# TFDS's downloader retries a request 10 times with exponential backoff (about 3.5 minutes when
+# offline) and sets no timeout; jaxseg's builders download with these bounds instead.
+DOWNLOAD_RETRIES = 2
+DOWNLOAD_TIMEOUT_S = (20.0, 120.0)  # (connect, read: the longest wait for the next bytes).
+
+
+class SourcesUnavailableError(FileNotFoundError, RuntimeError):
+  """A dataset's source files are neither in manual_dir nor downloadable.
+
+  A FileNotFoundError, so the CLI prints it whole as bad input (the user supplies the files), and
+  a RuntimeError, the failed download it reports.
+  """
+
+
+@contextlib.contextmanager
+def bounded_downloads(retries: int = DOWNLOAD_RETRIES,
+                      timeout: tuple[float, float] = DOWNLOAD_TIMEOUT_S) -> Iterator[None]:
+  """TFDS downloads with at most `retries` retries per request and (connect, read) timeouts.
+
+  tensorflow_datasets/core/download/downloader.py (`_open_with_requests`) mounts urllib3
+  `Retry(total=MAX_RETRIES, backoff_factor=0.2)` with MAX_RETRIES = 10 and calls requests without
+  a timeout: offline, a download retries through about 3.5 minutes of backoff, and on a network
+  that drops packets every attempt also waits for the system's connect timeout (about 2 minutes).
+  DownloadConfig offers neither setting, so for the duration of the block that module constant
+  is lowered and requests' HTTPAdapter.send gets `timeout` where its caller passed none.
+  """
+  import requests.adapters  # pylint: disable=g-import-not-at-top
+  from tensorflow_datasets.core.download import downloader  # pylint: disable=g-import-not-at-top
+  adapter = requests.adapters.HTTPAdapter
+  send, max_retries, limit = adapter.send, downloader.MAX_RETRIES, tuple(timeout)
+
+  def send_with_timeout(self, request, stream=False, timeout=None, **kwargs):
+    return send(self, request, stream=stream, timeout=limit if timeout is None else timeout,
+                **kwargs)
+
+  adapter.send, downloader.MAX_RETRIES = send_with_timeout, retries
   try:
-    return dl_manager.download_and_extract(urls)
+    yield
+  finally:
+    adapter.send, downloader.MAX_RETRIES = send, max_retries
+
+
+def download_or_explain(dl_manager, urls: dict[str, str], instructions: str) -> dict:
+  """download_and_extract (bounded: `bounded_downloads`), a failure explaining what to fetch.
+
+  Raises:
+    SourcesUnavailableError: naming the URLs, the cause, and how to pass the files as manual_dir.
+  """
+  try:
+    with bounded_downloads():
+      return dl_manager.download_and_extract(urls)
   except Exception as e:  # Network errors come in many types; keep the cause chained.
-    raise RuntimeError(
+    raise SourcesUnavailableError(
         f'Could not download {", ".join(urls.values())} ({type(e).__name__}: {e}).\n'
         f'Download the files yourself and pass their folder as manual_dir '
         f'(tfds.download.DownloadConfig(manual_dir=...) or config.data.manual_dir).'

@@ -26,7 +26,10 @@ never sees a GPU; tf.data's thread pool is sized to this process's share of the 
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
+import logging
 import math
 import os
 import queue
@@ -40,6 +43,7 @@ accelerators.set_no_gce_check_default(os.environ)  # Before TFDS probes GCE meta
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
+from etils import epath  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
@@ -147,13 +151,13 @@ def _prepare_once(builder: tfds.core.DatasetBuilder, config: ml_collections.Conf
   """
   download_config = tfds.download.DownloadConfig(manual_dir=config.data.manual_dir or None)
   if jax.process_count() == 1:
-    builder.download_and_prepare(download_config=download_config)
+    _prepare(builder, download_config)
     return
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   error = None
   if jax.process_index() == 0:
     try:
-      builder.download_and_prepare(download_config=download_config)
+      _prepare(builder, download_config)
     except Exception as e:  # pylint: disable=broad-except  Re-raised below, after telling others.
       error = e
   failed = multihost_utils.broadcast_one_to_all(np.int32(error is not None))
@@ -162,6 +166,49 @@ def _prepare_once(builder: tfds.core.DatasetBuilder, config: ml_collections.Conf
   if int(failed):
     raise ValueError(f'process 0 could not prepare {builder.name} in {builder.data_dir}; its '
                      'log has the reason.')
+
+
+def _prepare(builder: tfds.core.DatasetBuilder,
+             download_config: tfds.download.DownloadConfig) -> None:
+  """download_and_prepare under a lock, after removing what killed prepares left behind.
+
+  TFDS writes into `<config folder>/incomplete.<random>_<version>/` and renames it on success; a
+  prepare killed mid-way leaves that folder (often gigabytes) and the next prepare starts a new
+  one. While this process holds the lock no other jaxseg prepare of the dataset runs, so every
+  `incomplete.*` folder beside the version folder is stale and is removed. A second job that
+  waited for the lock finds the dataset prepared and reads it. Remote data_dirs (gs://) have no
+  file locks: there the stale folders are only reported.
+  """
+  parent = epath.Path(builder.data_dir).parent
+  with _prepare_lock(parent) as locked:
+    if builder.is_prepared():  # Prepared by the job that held the lock before us.
+      return
+    for stale in sorted(parent.glob(f'{_INCOMPLETE_PREFIX}*')):
+      if locked:
+        logging.info('removing %s, left by an interrupted prepare of %s', stale, builder.name)
+        stale.rmtree(missing_ok=True)
+      else:
+        logging.warning('%s was left by an interrupted prepare of %s (or belongs to one running '
+                        'now); remove it once no prepare runs.', stale, builder.name)
+    builder.download_and_prepare(download_config=download_config)
+
+
+_INCOMPLETE_PREFIX = 'incomplete.'  # tensorflow_datasets.core.constants.INCOMPLETE_PREFIX
+
+
+@contextlib.contextmanager
+def _prepare_lock(folder: epath.Path) -> Iterator[bool]:
+  """An exclusive lock on `folder`/.jaxseg_prepare.lock (local disks, NFS); True when held."""
+  if '://' in str(folder):  # gs://, s3://: no file locks.
+    yield False
+    return
+  folder.mkdir(parents=True, exist_ok=True)
+  with open(folder / '.jaxseg_prepare.lock', 'a') as f:
+    fcntl.flock(f, fcntl.LOCK_EX)  # Released when the file closes, or the process dies.
+    try:
+      yield True
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def split_size(builder: tfds.core.DatasetBuilder, split: Any, field: str) -> int:
@@ -208,6 +255,37 @@ def _decode(builder: tfds.core.DatasetBuilder, raw: dict) -> tuple[tf.Tensor, tf
   if label.shape.rank == 3:  # A label stored as a one-channel image.
     label = label[..., 0]
   return tf.ensure_shape(image, (None, None, 3)), tf.cast(label, tf.int32)
+
+
+def _label_fault(label: tf.Tensor, num_classes: int, ignore: int) -> dict[str, tf.Tensor]:
+  """{'label_ok': bool, 'label_bad': int32}: whether every value is a class or `ignore`.
+
+  A value >= num_classes would count as a valid pixel with no loss and vanish from the
+  confusion matrix, inflating every score; the host raises (`_check_labels`) instead. Two
+  reductions per example. 'label_bad' is an offending value (the smallest negative one, else the
+  largest one >= num_classes) when 'label_ok' is False.
+  """
+  kept = tf.where(label == ignore, 0, label)
+  low, high = tf.reduce_min(kept), tf.reduce_max(kept)
+  ok = tf.logical_and(low >= 0, high < num_classes)
+  return {'label_ok': ok, 'label_bad': tf.where(low < 0, low, high)}
+
+
+def _check_labels(batch: dict[str, np.ndarray], num_classes: int | None, ignore_label: int,
+                  where: str) -> None:
+  """Pops 'label_ok'/'label_bad' from a host batch; ValueError naming the example and value."""
+  ok, bad = batch.pop('label_ok'), batch.pop('label_bad')
+  faulty = np.flatnonzero(~ok)
+  if not faulty.size:
+    return
+  i = faulty[0]
+  classes = ('a class below config.data.num_classes' if num_classes is None else
+             f'a class (0..{num_classes - 1}, config.data.num_classes={num_classes})')
+  raise ValueError(
+      f'example {batch["id"][i].decode()!r} of {where} has label value {int(bad[i])}, neither '
+      f'{classes} nor the ignore label (config.data.ignore_label={ignore_label}). Set '
+      'config.data.num_classes to the number of classes of the dataset (labels above it would '
+      'count as pixels without loss and be left out of the scores), or fix its labels.')
 
 
 # ------------------------------------------------------------------------------------------- mesh
@@ -526,8 +604,10 @@ def _train_dataset(config: ml_collections.ConfigDict, builder: tfds.core.Dataset
                    start_step: int = 0) -> tf.data.Dataset:
   """This process's infinite stream of local train batches from `start_step` on.
 
-  Batches hold 'image', 'label' and, for tests, 'index' (example index in the split), 'epoch'
-  and 'slot' (the window's number within its example; 0 for whole-image examples).
+  Batches hold 'image', 'label', 'id', 'label_ok' and 'label_bad' (`_label_fault` of the
+  example's whole label map, checked by `train_iterator`) and, for tests, 'index' (example index
+  in the split), 'epoch' and 'slot' (the window's number within its example; 0 for whole-image
+  examples).
 
   With config.data.windows 'objects'/'proposals' an epoch is every window of the process's
   examples (`window_plan`): records are shuffled as for images, each is repeated once per window
@@ -602,8 +682,12 @@ def _train_dataset(config: ml_collections.ConfigDict, builder: tfds.core.Dataset
                                               spec.min_iou, spec.resize, fill, ignore)
     return image, label
 
+  num_classes, ignore_label = int(config.data.num_classes), int(config.data.ignore_label)
+
   def example(epoch, index, slot, raw):
     image, label = _decode(builder, raw)
+    fault = _label_fault(label, num_classes, ignore_label)
+    image_id = raw['id'] if 'id' in raw else tf.strings.as_string(index)
     if spec.mode == 'image':
       seed = _fold(augment_root, epoch, index)
     else:
@@ -611,7 +695,8 @@ def _train_dataset(config: ml_collections.ConfigDict, builder: tfds.core.Dataset
                                                         2))
       image, label = cut_window(raw, image, label, index, slot, window_seed)
     image, label = transform(image, label, seed)
-    return {'image': image, 'label': label, 'index': index, 'epoch': epoch, 'slot': slot}
+    return {'image': image, 'label': label, 'index': index, 'epoch': epoch, 'slot': slot,
+            'id': image_id, **fault}
 
   ds = tf.data.Dataset.counter(epoch0).flat_map(one_epoch)
   ds = ds.map(example, num_parallel_calls=_parallelism(config))
@@ -633,15 +718,27 @@ def train_iterator(config: ml_collections.ConfigDict, mesh: Mesh, start_step: in
   ds = _train_dataset(config, builder, process_index=layout.process_index,
                       process_count=layout.process_count,
                       local_batch_size=layout.local_batch_size, start_step=start_step)
-  ds = ds.map(lambda b: {'image': b['image'], 'label': b['label']})
+  ds = ds.map(lambda b: {k: b[k] for k in ('image', 'label', 'id', 'label_ok', 'label_bad')})
   sharding = NamedSharding(mesh, P('data'))
-  batches = (_to_global(b, sharding, int(config.train.batch_size)) for b in ds.as_numpy_iterator())
-  return _prefetch(batches, int(config.data.prefetch))
+
+  def batches():
+    for b in ds.as_numpy_iterator():
+      _check_labels(b, int(config.data.num_classes), int(config.data.ignore_label),
+                    f'config.data.train_split={config.data.train_split!r} of '
+                    f'{config.data.dataset}')
+      yield _to_global({'image': b['image'], 'label': b['label']}, sharding,
+                       int(config.train.batch_size))
+
+  return _prefetch(batches(), int(config.data.prefetch))
 
 
 # ------------------------------------------------------------------------------------------- eval
-def _eval_split(config: ml_collections.ConfigDict, split: str | None) -> tuple[str, str]:
-  """(split string to read, config field it came from), honouring config.eval.num_examples."""
+def _eval_split(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder,
+                split: str | None) -> tuple[str, str]:
+  """(split string to read, config field it came from), honouring config.eval.num_examples.
+
+  The split must exist and hold config.eval.num_examples examples (ValueError naming both).
+  """
   field = 'config.data.eval_split' if split is None else 'split'
   split = config.data.eval_split if split is None else split
   n = int(config.eval.num_examples)
@@ -649,14 +746,22 @@ def _eval_split(config: ml_collections.ConfigDict, split: str | None) -> tuple[s
     if '[' in split:
       raise ValueError(f'config.eval.num_examples={n} cannot be combined with the sliced split '
                        f'{split!r}; slice the split only, or set config.eval.num_examples=-1.')
+    size = split_size(builder, split, field)
+    if n > size:
+      raise ValueError(f'config.eval.num_examples={n} is more than the {size} examples of '
+                       f'{field}={split!r}; use at most {size}, or -1 for the whole split.')
+    if n == 0:
+      raise ValueError('config.eval.num_examples=0 would evaluate nothing; use -1 for the whole '
+                       'split.')
     split = f'{split}[:{n}]'
   return split, field
 
 
 def num_eval_examples(config: ml_collections.ConfigDict, split: str | None = None) -> int:
   """Real (unpadded) examples that eval_iterator(config, mesh, split) yields over all processes."""
-  split, field = _eval_split(config, split)
-  return split_size(load_builder(config), split, field)
+  builder = load_builder(config)
+  split, field = _eval_split(config, builder, split)
+  return split_size(builder, split, field)
 
 
 def _eval_size(config: ml_collections.ConfigDict) -> tuple[int, int]:
@@ -674,9 +779,11 @@ def _eval_dataset(config: ml_collections.ConfigDict, builder: tfds.core.DatasetB
   method = config.data.normalization
   mean = np.asarray(mean_pixel(method), np.float32)
   ignore = int(config.data.ignore_label)
+  num_classes = int(config.data.num_classes)
 
   def example(raw):
     image, label = _decode(builder, raw)
+    fault = _label_fault(label, num_classes, ignore)
     h, w = tf.shape(label)[0], tf.shape(label)[1]
     fits = tf.logical_and(h <= height, w <= width)
 
@@ -689,7 +796,7 @@ def _eval_dataset(config: ml_collections.ConfigDict, builder: tfds.core.DatasetB
     image_p, label_p = tf.cond(fits, pad, blank)
     out = {'image': _to_pixels(tf.ensure_shape(image_p, (height, width, 3)), method),
            'label': tf.ensure_shape(label_p, (height, width)),
-           'valid': tf.constant(True), 'height': h, 'width': w, 'fits': fits}
+           'valid': tf.constant(True), 'height': h, 'width': w, 'fits': fits, **fault}
     out['id'] = raw['id'] if 'id' in raw else tf.strings.as_string(tf.constant(-1))
     return out
 
@@ -700,12 +807,16 @@ def _eval_dataset(config: ml_collections.ConfigDict, builder: tfds.core.DatasetB
 
 
 def _padded_eval_batches(ds: tf.data.Dataset, num_batches: int, local_batch_size: int,
-                         eval_size: Sequence[int], ignore_label: int, split: str
-                         ) -> Iterator[dict[str, np.ndarray]]:
-  """Local numpy batches of exactly `local_batch_size`, `num_batches` of them (padding appended)."""
+                         eval_size: Sequence[int], ignore_label: int, split: str,
+                         num_classes: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+  """Local numpy batches of exactly `local_batch_size`, `num_batches` of them (padding appended).
+
+  Raises ValueError for an image larger than eval_size or a label value that is no class.
+  """
   height, width = eval_size
   emitted = 0
   for batch in ds.as_numpy_iterator():
+    _check_labels(batch, num_classes, ignore_label, f'split {split!r}')
     bad = np.flatnonzero(~batch.pop('fits'))
     if bad.size:
       i = bad[0]
@@ -746,7 +857,7 @@ def eval_iterator(config: ml_collections.ConfigDict, mesh: Mesh, split: str | No
   """
   layout = _layout(mesh, int(config.eval.batch_size), 'config.eval.batch_size')
   builder = load_builder(config)
-  split, field = _eval_split(config, split)
+  split, field = _eval_split(config, builder, split)
   part = _process_slice(builder, split, layout.process_index, layout.process_count, field)
   local = layout.local_batch_size
   ds = _eval_dataset(config, builder, part.split, local)
@@ -757,7 +868,8 @@ def eval_iterator(config: ml_collections.ConfigDict, mesh: Mesh, split: str | No
 
   def batches():
     for b in _padded_eval_batches(ds, num_batches, local, eval_size,
-                                  int(config.data.ignore_label), split):
+                                  int(config.data.ignore_label), split,
+                                  int(config.data.num_classes)):
       ids = b.pop('id')
       out = _to_global(b, sharding, global_batch)
       out['id'] = ids

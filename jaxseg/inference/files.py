@@ -6,10 +6,13 @@
                           gives the ids);
   OUT/<name>_overlay.png  the image blended with the colourised prediction.
 Images of any size and mode are accepted (grayscale, RGBA, palette... converted to RGB; EXIF
-rotation applied). Unreadable files are reported by name and skipped; the others are still
-written. Nothing is written when an output would replace one of the inputs (e.g. --output is the
-input folder and an input is a .png): the user's images are never overwritten. `write_examples` does the same for a dataset split's first examples, with the ground
-truth beside (what `jaxseg demo` shows).
+rotation applied) up to `max_pixels` pixels (--max-pixels, default images.MAX_PIXELS: larger
+ones, e.g. decompression bombs, are refused from their header). Unreadable files are reported by
+name and skipped; the others are still written. Nothing is written when an output would replace
+one of the inputs (e.g. --output is the input folder and an input is a .png): the user's images
+are never overwritten. Bad paths (an --output that is a file, an input folder without images)
+fail before anything is read (`plan_outputs`). `write_examples` does the same for a dataset
+split's first examples, with the ground truth beside (what `jaxseg demo` shows).
 """
 from collections.abc import Iterable
 import pathlib
@@ -46,29 +49,52 @@ def _refuse_overwriting_inputs(paths: list[pathlib.Path], stems: list[str],
                      'nothing was written. Choose an --output folder that holds no inputs.')
 
 
+def plan_outputs(inputs: Iterable[str | pathlib.Path], output: str | pathlib.Path
+                 ) -> tuple[list[pathlib.Path], list[str]]:
+  """(input image paths, their output stems), after checking every path; nothing is written.
+
+  Raises:
+    ValueError: --output is (or lies under) a file, an input folder holds no images, or an
+      output PNG would replace an input.
+  """
+  output = pathlib.Path(output)
+  for part in (output, *output.parents):
+    if part.exists():
+      if not part.is_dir():
+        where = 'is a file' if part == output else f'lies under the file {part}'
+        raise ValueError(f'--output {output} {where}; give a folder for the label PNGs (it is '
+                         'created if missing)')
+      break
+  paths = images.expand_inputs(str(i) for i in inputs)
+  used: set[str] = set()
+  stems = [_unique_stem(path, used) for path in paths]
+  _refuse_overwriting_inputs(paths, stems, output)
+  return paths, stems
+
+
 def predict_files(predictor: Predictor, inputs: Iterable[str | pathlib.Path],
                   output: str | pathlib.Path, palette: np.ndarray,
-                  log: TextIO | None = None, errors: TextIO | None = None) -> dict[str, Any]:
+                  log: TextIO | None = None, errors: TextIO | None = None,
+                  max_pixels: int | None = images.MAX_PIXELS) -> dict[str, Any]:
   """Writes label and overlay PNGs for every readable input; reports the others by name.
 
-  `log` and `errors` default to sys.stdout and sys.stderr as they are at the call.
+  `log` and `errors` default to sys.stdout and sys.stderr as they are at the call. Images of more
+  than `max_pixels` pixels (None: no limit) are reported and skipped.
 
   Returns {'written': [label png paths], 'failed': [(input, reason)]}.
   """
   log = sys.stdout if log is None else log
   errors = sys.stderr if errors is None else errors
   output = pathlib.Path(output)
-  if output.exists() and not output.is_dir():
-    raise ValueError(f'--output {output} is a file; give a folder for the label PNGs')
-  paths = images.expand_inputs(str(i) for i in inputs)
-  used: set[str] = set()
-  stems = [_unique_stem(path, used) for path in paths]
-  _refuse_overwriting_inputs(paths, stems, output)
-  output.mkdir(parents=True, exist_ok=True)
+  paths, stems = plan_outputs(inputs, output)
+  try:
+    output.mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    raise ValueError(f'--output {output}: cannot create the folder: {e.strerror or e}') from e
   written, failed = [], []
   for path, stem in zip(paths, stems):
     try:
-      image = images.load_rgb(path)
+      image = images.load_rgb(path, max_pixels)
     except Exception as e:  # pylint: disable=broad-except  Any unreadable file: report, go on.
       reason = f'{type(e).__name__}: {e}'
       failed.append((str(path), reason))

@@ -13,14 +13,16 @@ def convert_weights(arch: str | None, input_path: str | os.PathLike,
                     output_path: str | os.PathLike) -> convert.PretrainedWeights:
   """Converts a weights source (see jaxseg.weights.files) to a jaxseg `.npz`; returns it.
 
-  `arch`, when given, is checked against what the file holds.
+  `arch`, when given, is checked against what the file holds. The output's folder is created
+  when missing.
   """
   if not str(output_path).endswith('.npz'):
     raise ValueError(f'--output {output_path} must end in .npz')
-  folder = storage.resolve(output_path).parent
-  if not folder.is_dir():
-    raise FileNotFoundError(f'--output {output_path}: folder {folder} does not exist; create it '
-                            'first')
+  output = storage.resolve(output_path)
+  if output.is_dir():
+    raise ValueError(f'--output {output_path} is a folder; name the .npz file to write')
+  # Before reading the input (a large Caffe model takes a while); save_npz creates the folder.
+  files.check_output_folder(output.parent, f'--output {output_path}')
   if arch is not None and arch not in convert.ARCHS:
     raise ValueError(f'--arch {arch!r}: supported archs are {", ".join(convert.ARCHS)}')
   weights = files.read_weights(input_path, arch=arch)

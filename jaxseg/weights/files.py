@@ -20,6 +20,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import pickle
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -58,9 +60,34 @@ def _check_path(path: str | os.PathLike) -> epath.Path:
   return path
 
 
+_ANSI = re.compile(r'\x1b\[[0-9;]*m')
+
+
 def _short(error: Exception) -> str:
-  text = str(error).strip().splitlines()
-  return f'{type(error).__name__}: {text[0] if text else ""}'[:300]
+  """'Type: first line' of an error, without terminal colours or a library's advice to load the
+  file unsafely (PyTorch's 'This file can still be loaded ...')."""
+  text = _ANSI.sub('', str(error)).strip().splitlines()
+  first = (text[0] if text else '').split(' This file can still be loaded')[0]
+  return f'{type(error).__name__}: {first}'[:300]
+
+
+def _unsafe_pth(path: epath.Path, error: Exception) -> ValueError:
+  found = re.search(r'Unsupported global: GLOBAL ([\w.]+)', _ANSI.sub('', str(error)))
+  what = f' (e.g. {found.group(1)})' if found else ''
+  return ValueError(
+      f'cannot read PyTorch weights file {path}: it holds Python objects besides tensors{what}, '
+      'which jaxseg does not unpickle, since unpickling can run arbitrary code. If you trust its '
+      'source, save only its tensors where it was made, torch.save(model.state_dict(), '
+      '"weights.pth") (a dict of tensors), and pass that file, or convert it once: jaxseg '
+      'convert-weights --input weights.pth --output weights.npz')
+
+
+def _unsafe_npz(path: epath.Path) -> ValueError:
+  return ValueError(
+      f'cannot read weights file {path}: it holds pickled Python objects (object arrays), which '
+      'jaxseg does not load, since unpickling can run arbitrary code. A jaxseg .npz holds numeric '
+      'arrays only: write one from the original weights with `jaxseg convert-weights --input '
+      f'ORIGINAL --output {path.name}`.')
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -74,7 +101,12 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
   try:
     with path.open('rb') as f:
       obj = torch.load(f, map_location='cpu', weights_only=True)
-  except Exception as e:  # torch/pickle/zipfile raise many types for corrupt or unsafe files.
+  except pickle.UnpicklingError as e:
+    if 'weights only load failed' in str(e).lower():  # Not plain tensors: refused, not corrupt.
+      raise _unsafe_pth(path, e) from e
+    raise ValueError(f'cannot read PyTorch weights file {path} (corrupt or truncated): '
+                     f'{_short(e)}') from e
+  except Exception as e:  # torch/zipfile raise many types for corrupt files.
     raise ValueError(f'cannot read PyTorch weights file {path} (corrupt, truncated, or not a '
                      f'weights-only state dict): {_short(e)}') from e
   if isinstance(obj, Mapping) and isinstance(obj.get('state_dict'), Mapping):
@@ -94,10 +126,19 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 
 def save_npz(weights: convert.PretrainedWeights, path: str | os.PathLike) -> None:
-  """Writes converted weights (atomically: a partial file never has the final name)."""
+  """Writes converted weights (atomically: a partial file never has the final name).
+
+  Missing parent folders are created; a place that cannot be written is a ValueError naming it.
+  """
   path = storage.resolve(path)
   if path.suffix != '.npz':
     raise ValueError(f'output {path} must end in .npz')
+  check_output_folder(path.parent, f'output {path}')
+  try:
+    path.parent.mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    raise ValueError(f'output {path}: cannot create folder {path.parent}: {e.strerror or e}'
+                     ) from e
   meta = {'format': FORMAT_VERSION, 'arch': weights.arch, 'normalization': weights.normalization,
           'sources': weights.sources, 'skipped': list(weights.skipped),
           'model_fields': weights.model_fields,
@@ -107,8 +148,22 @@ def save_npz(weights: convert.PretrainedWeights, path: str | os.PathLike) -> Non
     with tmp.open('wb') as f:  # A file object: np.savez would otherwise rename it.
       np.savez(f, **weights.arrays, **{META_KEY: np.array(json.dumps(meta))})
     tmp.replace(path)
+  except OSError as e:
+    raise ValueError(f'cannot write output {path}: {e.strerror or e}') from e
   finally:
     tmp.unlink(missing_ok=True)
+
+
+def check_output_folder(folder: epath.Path, what: str) -> None:
+  """ValueError naming `what` when a file stands where `folder` or one of its parents would be.
+
+  A folder that does not exist yet is fine: the writer creates it.
+  """
+  for part in (folder, *folder.parents):
+    if part.exists():
+      if not part.is_dir():
+        raise ValueError(f'{what}: {part} is a file, not a folder; choose another path')
+      return
 
 
 def _load_npz(path: epath.Path, with_arrays: bool) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -117,7 +172,11 @@ def _load_npz(path: epath.Path, with_arrays: bool) -> tuple[dict[str, Any], dict
     with path.open('rb') as f, np.load(f, allow_pickle=False) as data:
       meta_text = str(data[META_KEY]) if META_KEY in data.files else None
       arrays = {k: data[k] for k in data.files if k != META_KEY} if with_arrays else {}
-  except Exception as e:  # zipfile/zlib/OSError/EOFError/ValueError on corrupt archives.
+  except ValueError as e:
+    if 'allow_pickle' in str(e):  # NumPy: 'Object arrays cannot be loaded when allow_pickle=...'
+      raise _unsafe_npz(path) from e
+    raise ValueError(f'cannot read weights file {path} (corrupt or not a .npz): {_short(e)}') from e
+  except Exception as e:  # zipfile/zlib/OSError/EOFError on corrupt archives.
     raise ValueError(f'cannot read weights file {path} (corrupt or not a .npz): {_short(e)}') from e
   if meta_text is None:
     raise ValueError(f'{path} is not a jaxseg weights file (no {META_KEY!r} entry); create one '
