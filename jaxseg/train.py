@@ -12,11 +12,26 @@ global batch. Dropout keys are folded from (seed, step, device index): determini
 
 Steps count completed updates: logs, checkpoints and errors name `step` = the state's update
 count after the update (the first update is step 1, made on batch 0).
+
+Nothing lost, whatever happens to the process:
+  - the workdir is locked (jaxseg.workdir_lock) before anything is written to it: a second
+    trainer on it is refused; a failed run leaves nothing in a new workdir (config.json is written
+    after the first step, TensorBoard's tb/ at the first log, empty folders it made are removed);
+  - an evaluation that fails saves the state it was evaluating before the error propagates;
+  - SIGTERM (preemption of cloud GPUs and TPU VMs) finishes the current step, saves it and exits
+    with code 143 (`Preempted`) saying how to resume: the same command. Several processes agree on
+    the step through JAX's preemption service (see `_Preemption`);
+  - a non-finite loss stops before anything from that step is saved, naming the kept checkpoints
+    with their logged train loss and eval mean IoU, and the best one.
 """
 import json
 import logging
 import math
 import os
+import shlex
+import signal
+import sys
+import threading
 import time
 from typing import Any, Callable, Iterator
 
@@ -40,6 +55,7 @@ from jaxseg import optim
 from jaxseg import parallel
 from jaxseg import preflight
 from jaxseg import storage
+from jaxseg import workdir_lock
 
 METRICS_FILE = 'metrics.jsonl'
 TENSORBOARD_DIR = 'tb'
@@ -66,6 +82,25 @@ class TrainState(flax.struct.PyTreeNode):
 
 class NonFiniteLossError(FloatingPointError):
   """Training stopped: the loss (or gradient norm) became NaN or infinite."""
+
+
+PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: what a shell reports for a process SIGTERM ended.
+
+
+class Preempted(SystemExit):
+  """Training stopped on SIGTERM after saving its state; rerun the same command to resume.
+
+  A SystemExit with code PREEMPTED_EXIT_CODE: the process ends as SIGTERM asked (exit status
+  143, which schedulers read as "terminated"), after `finally` blocks released the workdir. Callers
+  of `train_and_evaluate` that want to go on may catch it.
+  """
+
+  def __init__(self, message: str):
+    super().__init__(PREEMPTED_EXIT_CODE)
+    self.message = message
+
+  def __str__(self) -> str:
+    return self.message
 
 
 def compute_dtype(config: ml_collections.ConfigDict) -> Any:
@@ -233,8 +268,11 @@ def _make_evaluator(config: ml_collections.ConfigDict, model: nn.Module, mesh: M
   from jaxseg import inference  # pylint: disable=g-import-not-at-top
 
   def run(state: TrainState, step: int) -> dict:
-    return inference.evaluate(config, model, state.variables, mesh, config.data.eval_split,
-                              workdir=workdir, step=step)
+    results = inference.evaluate(config, model, state.variables, mesh, config.data.eval_split,
+                                 workdir=workdir, step=step)
+    if 'results_file_error' in results:  # Scores are logged and checkpointed all the same.
+      logging.warning('%s', results['results_file_error'])
+    return results
   return run
 
 
@@ -242,35 +280,38 @@ def _make_evaluator(config: ml_collections.ConfigDict, model: nn.Module, mesh: M
 class MetricWriter:
   """metrics.jsonl plus TensorBoard scalars in tb/; only process 0 writes.
 
-  Locally lines are appended; object storage cannot append, so there the file is rewritten
-  whole at each write (a few hundred lines per run).
+  One line per (split, step): a line for a pair already logged (a finished run evaluated again)
+  replaces it. Lines a killed run logged after its last checkpoint are dropped. Locally new lines
+  are appended; object storage cannot append, so there the file is rewritten whole at each write
+  (a few hundred lines per run). tb/ is created at the first write, so a run that fails before
+  logging anything leaves none.
   """
 
   def __init__(self, workdir: epath.Path, resume_step: int, *, tensorboard: bool = True):
     self.enabled = jax.process_index() == 0
     self.path = workdir / METRICS_FILE
+    self._tb_dir = workdir / TENSORBOARD_DIR if tensorboard else None
     self._tb = None
-    self._lines: list[str] | None = [] if storage.is_remote(self.path) else None
-    if not self.enabled:
+    self._remote = storage.is_remote(self.path)
+    self.records: list[dict[str, Any]] = []  # Everything metrics.jsonl holds, in order.
+    if not self.enabled or not self.path.exists():
       return
-    workdir.mkdir(parents=True, exist_ok=True)
-    if self.path.exists():  # Drop lines a killed run logged after its last checkpoint.
-      kept = [line for line in self.path.read_text().splitlines()
-              if line.strip() and json.loads(line).get('step', 0) <= resume_step]
-      self.path.write_text(''.join(line + '\n' for line in kept))
-      if self._lines is not None:
-        self._lines = kept
-    if not tensorboard:
-      return
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top  (a dependency, slow to import)
-    try:
-      tf.config.set_visible_devices([], 'GPU')  # TF writes files only; GPUs belong to JAX.
-    except RuntimeError:
-      pass  # TF's devices were initialised already (by the input pipeline, which hides them).
-    self._tf = tf
-    self._tb = tf.summary.create_file_writer(str(workdir / TENSORBOARD_DIR))
-    self._scalar_metadata = tf.compat.v1.SummaryMetadata()
-    self._scalar_metadata.plugin_data.plugin_name = 'scalars'
+    lines = [line for line in self.path.read_text().splitlines() if line.strip()]
+    by_key: dict[tuple, dict] = {}
+    for line in lines:  # Keeps the last line of each (split, step), at its first position.
+      record = json.loads(line)
+      if record.get('step', 0) <= resume_step:
+        by_key[record.get('split'), record.get('step')] = record
+    self.records = list(by_key.values())
+    if len(self.records) != len(lines):
+      self._rewrite()
+
+  def _rewrite(self) -> None:
+    text = ''.join(json.dumps(r) + '\n' for r in self.records)
+    if self._remote:  # An object is replaced whole anyway.
+      self.path.write_text(text)
+    else:
+      storage.write_text_atomic(self.path, text)
 
   def write(self, step: int, split: str, values: dict[str, Any]) -> None:
     if not self.enabled:
@@ -283,21 +324,45 @@ class MetricWriter:
       else:
         value = float(value) if math.isfinite(float(value)) else None
       record[key] = value
-    line = json.dumps(record)
-    if self._lines is None:
-      with self.path.open('a') as f:
-        f.write(line + '\n')
+    same = [i for i, r in enumerate(self.records) if (r['split'], r['step']) == (split, step)]
+    if same:  # Logged before (an evaluation repeated): replace, never duplicate.
+      self.records[same[0]] = record
+      self._rewrite()
+      return  # TensorBoard holds this step's scalars already.
+    self.records.append(record)
+    if self._remote:
+      self._rewrite()
     else:
-      self._lines.append(line)
-      self.path.write_text(''.join(l + '\n' for l in self._lines))
-    if self._tb is not None:
-      # tf.summary.write with scalar metadata: works without the tensorboard package.
-      with self._tb.as_default():
-        for key, value in record.items():
-          if key not in ('step', 'split') and isinstance(value, float):
-            self._tf.summary.write(f'{split}/{key}', self._tf.constant(value, self._tf.float32),
-                                   step=int(step), metadata=self._scalar_metadata)
-      self._tb.flush()
+      with self.path.open('a') as f:
+        f.write(json.dumps(record) + '\n')
+    self._write_tensorboard(step, split, record)
+
+  def _write_tensorboard(self, step: int, split: str, record: dict[str, Any]) -> None:
+    if self._tb_dir is None:
+      return
+    if self._tb is None:
+      import tensorflow as tf  # pylint: disable=g-import-not-at-top  (a dependency, slow to import)
+      try:
+        tf.config.set_visible_devices([], 'GPU')  # TF writes files only; GPUs belong to JAX.
+      except RuntimeError:
+        pass  # TF's devices were initialised already (by the input pipeline, which hides them).
+      self._tf = tf
+      self._tb = tf.summary.create_file_writer(str(self._tb_dir))
+      self._scalar_metadata = tf.compat.v1.SummaryMetadata()
+      self._scalar_metadata.plugin_data.plugin_name = 'scalars'
+    # tf.summary.write with scalar metadata: works without the tensorboard package.
+    with self._tb.as_default():
+      for key, value in record.items():
+        if key not in ('step', 'split') and isinstance(value, float):
+          self._tf.summary.write(f'{split}/{key}', self._tf.constant(value, self._tf.float32),
+                                 step=int(step), metadata=self._scalar_metadata)
+    self._tb.flush()
+
+  def train_loss_at(self, step: int) -> float | None:
+    """The train loss logged at `step` or, failing that, the latest logged before it."""
+    losses = [r for r in self.records if r['split'] == 'train' and r['step'] <= step
+              and r.get('loss') is not None]
+    return max(losses, key=lambda r: r['step'])['loss'] if losses else None
 
   def close(self) -> None:
     if self._tb is not None:
@@ -377,33 +442,47 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
   Resumes automatically from the latest checkpoint in `workdir`. Refuses a workdir made with a
   different model/data config (see jaxseg.checkpoint.IDENTITY_FIELDS) unless
-  `allow_config_change`. Every setting is checked (jaxseg.preflight) before the first step.
+  `allow_config_change`. The workdir is locked first (jaxseg.workdir_lock), then every setting is
+  checked (jaxseg.preflight) before anything else is written and the first step runs.
 
   Returns:
     {'step', 'loss' (mean train loss of the last logging interval), and the final eval's
     'pixel_accuracy', 'mean_accuracy', 'mean_iou', 'fw_iou', 'per_class_iou' when evaluated}.
 
   Raises:
-    NonFiniteLossError: the loss or gradients became NaN/Inf (the message names the step; no
-      state from that step on is saved).
+    NonFiniteLossError: the loss or gradients became NaN/Inf (the message names the step, the
+      kept checkpoints and the best one; no state from that step on is saved).
+    jaxseg.workdir_lock.WorkdirLockedError: another `jaxseg train` holds the workdir.
+    Preempted: SIGTERM; the state of the step it finished is saved (a SystemExit, code 143).
   """
   launch.initialize_from_environment()
   workdir = storage.resolve(workdir)
   logging.info('%s', accelerators.startup_report(config.model.dtype))
-  # Every check before anything is written: a bad setting claims nothing in the workdir.
-  preflight.check_config(config, jax.device_count())
-  model = build_model(config)
-  preflight.check_model(config, model)
-  preflight.check_data(config, jax.process_count())
-  if not _has_checkpoints(workdir):  # A resumed run restores its state, not init_from.
-    from jaxseg import weights  # pylint: disable=g-import-not-at-top
-    weights.check_init_from(config)
-  checkpointer = checkpoint_lib.Checkpointer(workdir, config.train.keep_checkpoints)
+  new_workdir = not storage.is_remote(workdir) and not workdir.exists()
+  lock = _lock_workdir(workdir)  # First: a second trainer is refused at once.
   try:
-    return _train(config, model, workdir, checkpointer, allow_config_change)
+    with _Preemption() as preemption:  # From here SIGTERM ends the run cleanly.
+      # Every check before anything else is written: a bad setting leaves nothing in the workdir.
+      preflight.check_config(config, jax.device_count())
+      model = build_model(config)
+      preflight.check_model(config, model)
+      preflight.check_data(config, jax.process_count())
+      if not _has_checkpoints(workdir):  # A resumed run restores its state, not init_from.
+        from jaxseg import weights  # pylint: disable=g-import-not-at-top
+        weights.check_init_from(config)
+      checkpointer = checkpoint_lib.Checkpointer(workdir, config.train.keep_checkpoints)
+      try:
+        return _train(config, model, workdir, checkpointer, allow_config_change, preemption,
+                      lock)
+      finally:
+        checkpointer.wait()  # A save in flight (the last good state) completes even on errors.
+        checkpointer.close()
   finally:
-    checkpointer.wait()  # A save in flight (the last good state) completes even on errors.
-    checkpointer.close()
+    if lock is not None:
+      lock.release()
+    if new_workdir and jax.process_index() == 0:
+      _remove_if_empty(workdir / checkpoint_lib.CHECKPOINT_DIR)
+      _remove_if_empty(workdir)  # A run that failed before its first step leaves nothing.
 
 
 def _has_checkpoints(workdir: epath.Path) -> bool:
@@ -411,9 +490,145 @@ def _has_checkpoints(workdir: epath.Path) -> bool:
   return folder.is_dir() and any(p.name.isdigit() for p in folder.iterdir())
 
 
+def _remove_if_empty(folder: epath.Path) -> None:
+  try:
+    folder.rmdir()  # Only ever removes an empty folder (else raises).
+  except (OSError, ValueError):
+    pass
+
+
+def _command_line() -> str:
+  """The command that started this process, to rerun it (as a shell would read it)."""
+  argv = list(sys.argv)
+  if argv and os.path.basename(argv[0]) == 'jaxseg':
+    return shlex.join(['jaxseg', *argv[1:]])
+  if argv and argv[0].endswith(os.path.join('jaxseg', 'cli.py')):
+    return 'python -m jaxseg.cli ' + shlex.join(argv[1:])
+  return ''
+
+
+def _lock_workdir(workdir: epath.Path) -> workdir_lock.WorkdirLock | None:
+  """Process 0 locks the workdir (the others trust it); every process fails if it cannot."""
+  lock, error = None, None
+  if jax.process_index() == 0:
+    lock = workdir_lock.WorkdirLock(workdir, command=_command_line())
+    try:
+      checkpoint_lib.check_writable(workdir)  # Also its checkpoints/, eval/, tb/ folders.
+      lock.acquire()
+    except (workdir_lock.WorkdirLockedError, PermissionError) as e:
+      error = e
+    except OSError as e:  # Read-only folder, missing bucket, no credentials, ...
+      error = PermissionError(
+          f'cannot write into workdir {workdir} ({type(e).__name__}: {e}); training needs a '
+          'writable workdir (`jaxseg eval` reads a read-only one).')
+  if jax.process_count() > 1:  # Agree before anyone writes; a lone failure would hang the rest.
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    locked = int(multihost_utils.broadcast_one_to_all(np.int32(error is None)))
+    if not locked and error is None:
+      error = workdir_lock.WorkdirLockedError(
+          f'process 0 could not lock workdir {workdir}; its log says why.')
+  if error is not None:
+    raise error
+  return lock
+
+
+class _Preemption:
+  """SIGTERM: finish the current step, then stop at a step every process agrees on.
+
+  One process: a Python SIGTERM handler sets a flag the loop reads after each step (no cost).
+  Several processes (jax.distributed is initialised): JAX's preemption service (on unless
+  jax_enable_preemption_service=False) catches SIGTERM on any of them and the coordination service
+  agrees in the background on the step to stop at (one past the largest step any process had
+  reached); `multihost_utils.reached_preemption_sync_point(step)`, called at every step, is a local
+  check with no collective, so it costs nothing until a notice arrives. SIGTERM before the first
+  step of the run (restoring, building the input) stops at once: nothing is trained to save.
+  """
+
+  def __init__(self):
+    self.distributed = jax.distributed.is_initialized()
+    self.requested = False
+    self.training = False  # True once the loop runs: from then on SIGTERM waits for a step.
+    self._previous = None
+    self._service = True
+
+  def __enter__(self) -> '_Preemption':
+    if not self.distributed and threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def __exit__(self, *exc) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+      self._previous = None
+
+  def _handle(self, signum, frame) -> None:
+    del signum, frame
+    self.requested = True
+    if not self.training:
+      raise Preempted('jaxseg train: stopped by SIGTERM before its first step; nothing new was '
+                      'trained, nothing to save. Run the same command again to continue.')
+
+  def reached(self, step: int) -> bool:
+    """Whether to stop after `step` (the same answer on every process)."""
+    if not self.distributed:
+      return self.requested
+    if not self._service:
+      return False
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    try:
+      return multihost_utils.reached_preemption_sync_point(step)
+    except RuntimeError as e:  # jax_enable_preemption_service=False.
+      logging.warning('SIGTERM will not save a checkpoint: %s', e)
+      self._service = False
+      return False
+
+
+def _divergence_message(values: dict, checkpointer: checkpoint_lib.Checkpointer,
+                        writer: MetricWriter) -> str:
+  """What a non-finite loss leaves: the kept checkpoints (all before it) and the best one."""
+  bad = values['bad_step']
+  checkpointer.wait()  # A save in flight is one of the kept.
+  steps = checkpointer.all_steps()
+  message = (f'Non-finite training loss {values["bad_loss"]} (gradient norm '
+             f'{values["bad_grad_norm"]}) at step {bad}. Training stopped; nothing from this '
+             'step on was saved ')
+  if not steps:
+    return message + '(last good checkpoint: none saved yet). '
+  described = []
+  for step in steps:
+    facts = []
+    loss = writer.train_loss_at(step)
+    if loss is not None:
+      facts.append(f'train loss {loss:.4g}')
+    metrics = checkpointer.metrics(step) or {}
+    if checkpoint_lib.BEST_METRIC in metrics:
+      facts.append(f'eval mean IoU {metrics[checkpoint_lib.BEST_METRIC]:.4f}')
+    described.append(f'step {step}' + (f' ({", ".join(facts)})' if facts else ''))
+  message += (f'(last good checkpoint: step {steps[-1]} in {checkpointer.directory}, the last '
+              f'saved with a finite loss). Kept checkpoints, all from before step {bad}: '
+              f'{"; ".join(described)}. ')
+  best = checkpointer.best_step()
+  if best is not None:
+    message += (f'Best by eval mean IoU: step {best} '
+                f'(`jaxseg eval --workdir {checkpointer.directory.parent} --checkpoint {best}`). ')
+  else:
+    message += 'None was evaluated (config.train.eval_every), so none is known to be best. '
+  logged = [r for r in writer.records if r['split'] == 'train' and r.get('loss') is not None]
+  if logged:
+    lowest = min(logged, key=lambda r: r['loss'])
+    later = [s for s in steps if s > lowest['step']]
+    if later:
+      message += (f'The logged train loss was lowest ({lowest["loss"]:.4g}) at step '
+                  f'{lowest["step"]}: the checkpoints after it ({", ".join(map(str, later))}) may '
+                  'already be diverging; to resume from an earlier one, move the later step '
+                  'folders out of the checkpoints folder. ')
+  return message
+
+
 def _train(config: ml_collections.ConfigDict, model: nn.Module, workdir: epath.Path,
-           checkpointer: checkpoint_lib.Checkpointer, allow_config_change: bool) -> dict:
-  """train_and_evaluate's body, given the workdir's checkpointer."""
+           checkpointer: checkpoint_lib.Checkpointer, allow_config_change: bool,
+           preemption: _Preemption, lock: workdir_lock.WorkdirLock | None) -> dict:
+  """train_and_evaluate's body, given the workdir's checkpointer, preemption flag and lock."""
   is_main = jax.process_index() == 0
   train_cfg = config.train
 
@@ -442,8 +657,6 @@ def _train(config: ml_collections.ConfigDict, model: nn.Module, workdir: epath.P
     state = create_train_state(config, model, tx, mesh)
   start_step = int(parallel.to_host(state.step))
   num_steps = int(train_cfg.num_steps)
-  # Written once the config proved buildable (a typo must not claim the workdir).
-  checkpoint_lib.write_workdir_config(workdir, config)
 
   # ------------------------------------------------------------ update
   train_step = make_train_step(config, model, tx, schedule, mesh)
@@ -471,7 +684,6 @@ def _train(config: ml_collections.ConfigDict, model: nn.Module, workdir: epath.P
   batches: Iterator[dict] = pipeline.train_iterator(config, mesh, start_step)
 
   # ------------------------------------------------------------ loop
-  last_saved = latest
   device_metrics = _DeviceMetrics(mesh)
   interval: dict[str, Any] = {}  # Host metrics of the steps since the last log.
   interval_start, interval_steps, paused = time.perf_counter(), 0, 0.0
@@ -482,14 +694,11 @@ def _train(config: ml_collections.ConfigDict, model: nn.Module, workdir: epath.P
     if values is None:
       return
     if values['bad_step']:
-      where = (f'step {last_saved} in {checkpointer.directory}' if last_saved is not None
-               else 'none saved yet')
       raise NonFiniteLossError(
-          f'Non-finite training loss {values["bad_loss"]} (gradient norm '
-          f'{values["bad_grad_norm"]}) at step {values["bad_step"]}. Training stopped; nothing '
-          f'from this step on was saved (last good checkpoint: {where}). Try a lower '
-          'config.optim.learning_rate, warmup (config.optim.warmup_steps), gradient clipping '
-          '(config.optim.grad_clip_norm) or float32 (config.model.dtype), and check the data.')
+          _divergence_message(values, checkpointer, writer)
+          + 'Try a lower config.optim.learning_rate, warmup (config.optim.warmup_steps), gradient '
+          'clipping (config.optim.grad_clip_norm) or float32 (config.model.dtype), and check the '
+          'data.')
     count = interval.get('count', 0) + values['count']
     for key in ('loss', 'main_loss', 'aux_loss'):  # Means over the whole interval.
       if key in values:
@@ -500,6 +709,7 @@ def _train(config: ml_collections.ConfigDict, model: nn.Module, workdir: epath.P
 
   progress = tqdm.tqdm(total=num_steps, initial=start_step, disable=not is_main, desc='train',
                        unit='step', dynamic_ncols=True)
+  preemption.training = True
   try:
     for step in range(start_step + 1, num_steps + 1):
       batch = next(batches, None)
@@ -509,6 +719,12 @@ def _train(config: ml_collections.ConfigDict, model: nn.Module, workdir: epath.P
       device_metrics.add(metrics, step)
       interval_steps += 1
       progress.update(1)
+      if lock is not None and lock.lost:
+        raise workdir_lock.WorkdirLockedError(
+            f'the lock of workdir {workdir} was taken over by another process (it thought this '
+            f'one dead); stopped at step {step} without saving, so that only one writes there.')
+      if step == start_step + 1:  # The config built and trained: it now describes the workdir.
+        checkpoint_lib.write_workdir_config(workdir, config)
 
       if every(train_cfg.log_every, step):
         check()
@@ -526,15 +742,36 @@ def _train(config: ml_collections.ConfigDict, model: nn.Module, workdir: epath.P
         interval.clear()
         interval_start, interval_steps, paused = time.perf_counter(), 0, 0.0
 
-      eval_now = evaluator is not None and every(train_cfg.eval_every, step)
-      if eval_now or every(train_cfg.checkpoint_every, step):
+      stop = step < num_steps and preemption.reached(step)  # The last step ends the run anyway.
+      eval_now = evaluator is not None and every(train_cfg.eval_every, step) and not stop
+      if eval_now or stop or every(train_cfg.checkpoint_every, step):
         check()  # Never evaluate or save a state made from a non-finite step.
         pause_start = time.perf_counter()
-        scores = run_eval(step) if eval_now else None
+        scores = None
+        if eval_now:
+          try:
+            scores = run_eval(step)
+          except BaseException:  # The trained state outlives a failing evaluation.
+            checkpointer.save(step, state, config)
+            logging.error('The evaluation at step %d failed; the state of step %d is saved in %s '
+                          '(a rerun resumes from it).', step, step, checkpointer.directory)
+            raise
         checkpointer.save(step, state, config, metrics=scores)
-        last_saved = step
         paused += time.perf_counter() - pause_start
+      if stop:
+        checkpointer.wait()
+        command = _command_line()
+        again = (f'the same command: {command}' if command else
+                 'the same command (train_and_evaluate with this config and workdir)')
+        message = (f'jaxseg train: stopped by SIGTERM (preemption) after step {step} of '
+                   f'{num_steps}; its state is saved in {checkpointer.directory / str(step)}. '
+                   f'To resume, run {again}')
+        if is_main:
+          progress.close()
+          print(message, file=sys.stderr, flush=True)
+        raise Preempted(message)
     if start_step >= num_steps and evaluator is not None:
+      checkpoint_lib.write_workdir_config(workdir, config)
       run_eval(start_step)  # Already trained: report the final scores again.
     final['step'] = max(start_step, num_steps)
   finally:

@@ -283,3 +283,88 @@ def test_checkpoints_keep_last_n_plus_best(tmp_path):
   np.testing.assert_array_equal(np.asarray(variables['params']['w']), [4, 4, 4])
   with pytest.raises(FileNotFoundError, match='No checkpoints'):
     checkpoint.load_for_inference(tmp_path / 'missing', one_device)
+
+
+# ---------------------------------------------------------------- nothing lost (issue 17)
+def _scripted_evaluator(scores_by_step, calls=None):
+  """An evaluator returning the given mean IoU per step (None: the evaluation raises)."""
+
+  def make(*args):
+    def run(state, step):
+      if calls is not None:
+        calls.append(step)
+      miou = scores_by_step.get(step, 0.1)
+      if miou is None:
+        raise RuntimeError(f'the evaluation broke at step {step}')
+      return {'split': 'val', 'mean_iou': miou, 'pixel_accuracy': 0.5, 'mean_accuracy': 0.4,
+              'fw_iou': 0.3, 'per_class_iou': [miou] * 7}
+    return run
+  return make
+
+
+def test_failing_evaluation_keeps_the_state_it_evaluated(tmp_path, data_dir, monkeypatch):
+  monkeypatch.setattr(train, '_make_evaluator', _scripted_evaluator({2: None}))
+  config = tiny_config(data_dir, num_steps=4, eval_every=2, checkpoint_every=2)
+  with pytest.raises(RuntimeError, match='the evaluation broke at step 2'):
+    train.train_and_evaluate(config, tmp_path)
+  ckpt = checkpoint.Checkpointer(tmp_path, read_only=True)
+  assert ckpt.all_steps() == [2] and not ckpt.metrics(2)  # Saved, with no score it never got.
+  ckpt.close()
+  assert all(np.isfinite(v).all() for v in _read_state(tmp_path, 2).values())
+
+
+def test_failed_run_leaves_nothing_in_a_new_workdir(tmp_path, data_dir, no_eval, monkeypatch):
+  from jaxseg.data import pipeline  # pylint: disable=g-import-not-at-top
+
+  def broken(config, mesh, start_step=0):
+    raise ValueError('example 3 of train: label 9 >= num_classes 7')
+
+  monkeypatch.setattr(pipeline, 'train_iterator', broken)
+  workdir = tmp_path / 'new'
+  with pytest.raises(ValueError, match='label 9'):
+    train.train_and_evaluate(tiny_config(data_dir), workdir)
+  assert not workdir.exists(), sorted(p.name for p in workdir.rglob('*'))
+
+
+def test_rerun_of_a_finished_run_logs_each_split_and_step_once(tmp_path, data_dir, monkeypatch):
+  calls = []
+  monkeypatch.setattr(train, '_make_evaluator', _scripted_evaluator({}, calls))
+  config = tiny_config(data_dir, num_steps=2, eval_every=0, log_every=1)
+  train.train_and_evaluate(config, tmp_path)
+  first = (tmp_path / 'metrics.jsonl').read_text()
+  final = train.train_and_evaluate(config, tmp_path)  # Finished: evaluates again, logs nothing new.
+  assert calls == [2, 2] and final['mean_iou'] == 0.1
+  keys = [(r['split'], r['step']) for r in map(json.loads, first.splitlines())]
+  assert keys == [('train', 1), ('train', 2), ('val', 2)]
+  assert (tmp_path / 'metrics.jsonl').read_text() == first
+
+
+def test_divergence_names_the_best_checkpoint_and_those_before_it(tmp_path, data_dir,
+                                                                  monkeypatch):
+  from jaxseg.data import pipeline  # pylint: disable=g-import-not-at-top
+  real = pipeline.train_iterator
+
+  def poisoned(config, mesh, start_step=0):
+    for index, batch in enumerate(real(config, mesh, start_step), start_step):
+      if index == 4:  # The batch of step 5.
+        batch = dict(batch, image=batch['image'] * np.float32(np.nan))
+      yield batch
+
+  monkeypatch.setattr(pipeline, 'train_iterator', poisoned)
+  monkeypatch.setattr(train, '_make_evaluator', _scripted_evaluator({2: 0.5, 4: 0.25}))
+  config = tiny_config(data_dir, num_steps=8, log_every=1, eval_every=2, checkpoint_every=2,
+                       keep_checkpoints=1)
+  with pytest.raises(train.NonFiniteLossError) as error:
+    train.train_and_evaluate(config, tmp_path)
+  message = str(error.value)
+  print(message)
+  records = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+  loss = {r['step']: r['loss'] for r in records if r['split'] == 'train'}
+  assert sorted(loss) == [1, 2, 3, 4]
+  assert (f'Kept checkpoints, all from before step 5: step 2 (train loss {loss[2]:.4g}, eval mean '
+          f'IoU 0.5000); step 4 (train loss {loss[4]:.4g}, eval mean IoU 0.2500).') in message
+  assert (f'Best by eval mean IoU: step 2 (`jaxseg eval --workdir {tmp_path} --checkpoint 2`)'
+          in message)
+  ckpt = checkpoint.Checkpointer(tmp_path, read_only=True)
+  assert ckpt.all_steps() == [2, 4]  # keep 1 (the latest) + the best.
+  ckpt.close()
