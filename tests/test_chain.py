@@ -112,6 +112,14 @@ def test_crf_refines_the_probabilities_of_the_mode(two_models):
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
   assert np.all(got[1, 4:] == 0) and np.all(got[1, :, 5:] == 0)  # Outside the second image.
   np.testing.assert_allclose(got[0].sum(-1), 1.0, rtol=1e-5)
+  # Per device inside shard_map, as the eval step runs it (loop carries keep device variance).
+  from jax.sharding import Mesh, PartitionSpec as P  # pylint: disable=g-import-not-at-top
+  mesh = Mesh(np.array(jax.devices()[:2]), ('data',))
+  sharded = jax.jit(jax.shard_map(
+      lambda v, x, s, w, m: pipe(model, v, x, s, w, m), mesh=mesh,
+      in_specs=(P(), P('data'), P('data'), P('data'), P('data')), out_specs=P('data')))
+  np.testing.assert_allclose(np.asarray(sharded(a, pixels, sizes, windows, valid)), got,
+                             rtol=1e-5, atol=1e-6)
 
 
 def test_proposals_mode_evaluates_each_image_with_its_own_windows(two_models, tmp_path):

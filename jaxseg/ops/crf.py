@@ -260,7 +260,8 @@ def _lower_bound(table: list[jax.Array], queries: list[jax.Array]) -> jax.Array:
     at = jnp.minimum(cand, size) - 1
     return jnp.where((cand <= size) & _less([t[at] for t in table], queries), cand, pos)
 
-  return lax.fori_loop(0, top + 1, step, jnp.zeros(queries[0].shape, jnp.int32))
+  # zeros_like: the carry keeps the queries' device variance inside shard_map.
+  return lax.fori_loop(0, top + 1, step, jnp.zeros_like(queries[0], jnp.int32))
 
 
 def _build_lattice(features: jax.Array, inside: jax.Array, bounds: tuple[float, ...]) -> _Lattice:
