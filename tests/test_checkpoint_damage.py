@@ -75,10 +75,11 @@ def _truncate(path, keep=0.5):
 
 def damage(step_dir, how):
   """Damages checkpoint folder `step_dir`; returns the file named in the expected message."""
-  if how == 'array':  # The largest file of the OCDBT store holds the arrays' bytes; a copy cut
-    # short early loses params (eval reads those only) as well as the optimizer state.
-    data = max((step_dir / 'state').glob('ocdbt.process_*/d/*'), key=os.path.getsize)
-    _truncate(data, keep=1 / 16)
+  if how == 'array':  # The OCDBT store's data files hold the arrays' bytes; every one cut short
+    # (orbax may spread params and optimizer state over several files) loses params too, which
+    # eval reads, as well as the optimizer state.
+    for data in (step_dir / 'state').glob('ocdbt.process_*/d/*'):
+      _truncate(data, keep=1 / 16)
     return str(step_dir / 'state')
   if how == 'metadata':
     path = step_dir / 'state' / checkpoint.STATE_METADATA_FILE
