@@ -357,15 +357,6 @@ def recompute(workdir: str | os.PathLike, output: str | os.PathLike, *,
 
 
 # ---------------------------------------------------------------- CLI
-def _checkpoint_arg(value: str) -> str | int:
-  if value in ('best', 'latest'):
-    return value
-  try:
-    return int(value)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f'{value!r}: use best, latest or a step number') from None
-
-
 def cmd_bn_stats(args: argparse.Namespace) -> int:
   from jaxseg import launch  # pylint: disable=g-import-not-at-top
   launch.initialize_from_environment()  # One process per host, as `jaxseg train`.
@@ -376,12 +367,13 @@ def cmd_bn_stats(args: argparse.Namespace) -> int:
 
 def register(subparsers: Any) -> None:
   """Adds `jaxseg bn-stats` to the CLI (jaxseg.cli calls this for its plug-ins)."""
+  from jaxseg import cli  # pylint: disable=g-import-not-at-top  (cli imports this module)
   p = subparsers.add_parser(
       'bn-stats', help='recompute BatchNorm statistics over training batches into a new workdir '
       "(DeconvNet's make-BN-testable step)")
   p.add_argument('--workdir', required=True, help='a trained workdir (only read)')
   p.add_argument('--output', required=True, help='the new workdir (must not exist or be empty)')
-  p.add_argument('--checkpoint', type=_checkpoint_arg, default='best',
+  p.add_argument('--checkpoint', type=cli.checkpoint_arg, default='best',
                  help='best (by eval mean IoU; latest if none evaluated), latest or a step')
   p.add_argument('--batches', type=int, default=DEFAULT_BATCHES,
                  help=f'training batches averaged (default {DEFAULT_BATCHES}: the original '

@@ -84,7 +84,7 @@ def _restore(args: argparse.Namespace):
   return inference.restore(args.workdir, args.checkpoint, args.config_overrides)
 
 
-def _checkpoint_arg(value: str) -> str | int:
+def checkpoint_arg(value: str) -> str | int:
   if value in ('best', 'latest'):
     return value
   try:
@@ -278,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument('--config', help='recipe for --weights, e.g. experiments/pspnet101_voc.py')
   p.add_argument('--weights', help=weights_help)
   p.add_argument('--split', help='dataset split (default: config.data.eval_split)')
-  p.add_argument('--checkpoint', type=_checkpoint_arg, default='best',
+  p.add_argument('--checkpoint', type=checkpoint_arg, default='best',
                  help='best (by eval mean IoU; latest if none evaluated), latest or a step')
   _add_inference_flags(p)
   p.set_defaults(func=cmd_eval)
@@ -289,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument('--weights', help=weights_help)
   p.add_argument('--input', required=True, nargs='+', help='image files or folders of images')
   p.add_argument('--output', required=True, help='folder for <name>.png and <name>_overlay.png')
-  p.add_argument('--checkpoint', type=_checkpoint_arg, default='best')
+  p.add_argument('--checkpoint', type=checkpoint_arg, default='best')
   p.add_argument('--bucket', type=int, default=64,
                  help='pad images to multiples of this (fewer recompilations)')
   p.add_argument('--max-pixels', '--max_pixels', dest='max_pixels', type=int,

@@ -13,7 +13,6 @@ import numpy as np
 import PIL.Image
 import pytest
 import scipy.io
-import scipy.sparse
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
@@ -22,7 +21,6 @@ from jaxseg.data import checks
 from jaxseg.data import classes
 from jaxseg.data import synthetic
 
-VOC_PALETTE = classes.voc_palette()
 
 # Fake ids as in test_builders.py: 2007_000033 and 2007_000042 are in FCN's seg11valid.
 VOC_TRAIN = ['2008_000002', '2008_000003']
@@ -89,23 +87,8 @@ def _random_rects(rng, height, width, count):
   return rects
 
 
-def _save_jpeg(path, image):
-  path.parent.mkdir(parents=True, exist_ok=True)
-  PIL.Image.fromarray(image).save(path, format='JPEG', quality=95)
-
-
-def _save_palette_png(path, array):
-  path.parent.mkdir(parents=True, exist_ok=True)
-  mask = PIL.Image.fromarray(array, mode='P')
-  mask.putpalette(VOC_PALETTE.ravel().tolist())
-  mask.save(path)
-
-
-def _sparse_cells(count, shape):
-  cells = np.empty((count, 1), object)
-  for i in range(count):
-    cells[i, 0] = scipy.sparse.csc_array(shape, dtype=bool)
-  return cells
+# The fixture writers of tests/test_builders.py (tests/ is on sys.path).
+from test_builders import _save_jpeg, _save_palette_png, _sparse_cells  # noqa: E402
 
 
 def _save_sbd(root, example_id, instance, categories):
