@@ -18,7 +18,6 @@ import tensorflow_datasets as tfds
 
 import jaxseg.data  # noqa: F401  (registers the builders)
 from jaxseg.data import checks
-from jaxseg.data import classes
 from jaxseg.data import synthetic
 
 
