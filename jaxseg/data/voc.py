@@ -14,6 +14,15 @@ Splits (sizes with the official sources; checked at prepare time):
                      models trained on it on seg11valid only.
 Config 'voc_only' needs no SBD and has train, val and seg11valid only.
 
+VOC-format datasets with their own ids (what annotation tools export as "PASCAL VOC"): train.txt
+and val.txt are read whatever ids they hold; seg11valid is left out when none of FCN's ids is in
+val.txt (it would be an empty split, which TFDS refuses); every other list in
+ImageSets/Segmentation except trainval.txt (= train + val) becomes a split of its own name
+(e.g. test.txt -> 'test'). Where the lists are not the official ones, SegmentationObject is
+optional: without that folder the examples have no instances (DeconvNet's object windows then
+have nothing to crop). Labels must still be VOC's 21 classes; a dataset with other classes is a
+'segmentation_folder' dataset (jaxseg.data.folder).
+
 Masks are read as palette indices (PIL mode 'P'), 255 (boundary/ignore) kept; SBD masks come from
 cls/<id>.mat, struct GTcls, field Segmentation.
 
@@ -29,6 +38,7 @@ import dataclasses
 import functools
 import gzip
 import importlib.resources
+import logging
 
 from etils import epath
 import numpy as np
@@ -137,6 +147,12 @@ class Voc2012Segmentation(tfds.core.GeneratorBasedBuilder):
     val_set = set(voc_val)
     splits = {'train': voc_train, 'val': voc_val,
               'seg11valid': [i for i in seg11valid_ids() if i in val_set]}
+    if not splits['seg11valid']:
+      logging.info('%s: none of the %d ids of FCN\'s seg11valid is in it (a VOC-format dataset '
+                   'with its own ids): the split seg11valid is left out.', seg / 'val.txt',
+                   len(seg11valid_ids()))
+      del splits['seg11valid']
+    splits.update(extra_lists(seg, splits))
     sbd_train = sbd_val = ()
     if sbd_root is not None:
       sbd_train = checks.read_id_list(sbd_root / 'train.txt')
@@ -144,19 +160,27 @@ class Voc2012Segmentation(tfds.core.GeneratorBasedBuilder):
       splits['train_aug'] = train_aug_ids(voc_train, voc_val, sbd_train, sbd_val)
       splits['sbd_train'] = sbd_train
     check_official_sizes(splits, sbd_train, sbd_val)
-    held_out = {'val': voc_val, 'seg11valid': splits['seg11valid']}
+    seg11valid = {'seg11valid': splits['seg11valid']} if 'seg11valid' in splits else {}
     checks.check_disjoint({k: v for k, v in splits.items() if k in ('train', 'train_aug')},
-                          held_out)
-    checks.check_disjoint({'sbd_train': sbd_train}, {'seg11valid': splits['seg11valid']})
+                          {'val': voc_val, **seg11valid})
+    checks.check_disjoint({'sbd_train': sbd_train}, seg11valid)
 
-    voc_labelled = set(voc_train) | val_set
+    voc_labelled = set(voc_train) | val_set | {i for k in splits for i in splits[k]
+                                               if k not in ('train_aug', 'sbd_train')}
     examples = {}
     for split, ids in splits.items():
       examples[split] = [
           self._example_files(i, voc_root, sbd_root,
                               use_voc_mask=i in voc_labelled and split != 'sbd_train')
           for i in ids]
-    files = {p for rows in examples.values() for row in rows for p in row[1:]}
+    official = (len(voc_train), len(voc_val)) == (SPLIT_SIZES['train'], SPLIT_SIZES['val'])
+    if not official and not (voc_root / 'SegmentationObject').is_dir():
+      logging.warning('%s does not exist: the examples get no object instances (needed only by '
+                      "DeconvNet's config.data.windows='objects'/'proposals').",
+                      voc_root / 'SegmentationObject')
+      examples = {split: [row if row[3].suffix == '.mat' else (*row[:3], None) for row in rows]
+                  for split, rows in examples.items()}
+    files = {p for rows in examples.values() for row in rows for p in row[1:] if p is not None}
     checks.require_files(
         sorted(files), 'source files listed in the split lists are',
         f'Re-extract {VOC_ARCHIVE}' + (f' and {SBD_ARCHIVE}' if sbd_root else '') +
@@ -184,12 +208,20 @@ class Voc2012Segmentation(tfds.core.GeneratorBasedBuilder):
       if label_path.suffix == '.mat':
         label = checks.read_sbd_mat(label_path)
         instance, categories = checks.read_sbd_inst_mat(instance_path)
+      elif instance_path is None:  # A VOC-format dataset without SegmentationObject.
+        label = checks.read_index_mask(label_path)
+        instance, categories = np.zeros(label.shape, np.uint8), np.zeros(0, np.int64)
       else:
         label = checks.read_index_mask(label_path)
         instance, categories = checks.read_index_mask(instance_path, 'instance mask'), None
       checks.check_same_size(image_hw, label, image_path, label_path)
-      checks.check_same_size(image_hw, instance, image_path, instance_path)
-      checks.check_label_values(label, num_classes, label_path)
+      checks.check_same_size(image_hw, instance, image_path, instance_path or label_path)
+      try:
+        checks.check_label_values(label, num_classes, label_path)
+      except ValueError as e:
+        raise ValueError(f"{e} voc2012_segmentation has VOC's 21 classes; for a VOC-format "
+                         "dataset with other classes use config.data.dataset="
+                         "'segmentation_folder' (README: Train on your own data).") from None
       if categories is None:  # VOC: the classes are those of SegmentationClass.
         categories = checks.categories_from_label(instance, label, instance_path, label_path)
       instance, objects = checks.objects_from_instances(instance, categories, num_classes,
@@ -230,6 +262,32 @@ class Voc2012Segmentation(tfds.core.GeneratorBasedBuilder):
           f'that {manual_dir}/{_SBD_LAYOUT} exist. For VOC alone use the config '
           "'voc2012_segmentation/voc_only'.")
     return voc_root, sbd_root
+
+
+_DERIVED_SPLITS = ('train', 'val', 'seg11valid', 'train_aug', 'sbd_train')
+
+
+def extra_lists(seg: epath.Path, splits: dict[str, list[str]]) -> dict[str, list[str]]:
+  """The other split lists of ImageSets/Segmentation (e.g. a custom test.txt), by file stem.
+
+  trainval.txt is skipped (train + val). A list named like a split jaxseg derives is an error.
+  """
+  extra = {}
+  for path in sorted(seg.glob('*.txt')):
+    name = path.stem
+    if name in ('train', 'val', 'trainval'):
+      continue
+    if name in _DERIVED_SPLITS or not name.isidentifier():
+      raise ValueError(f'{path}: a split list named {name!r} would replace or clash with a split '
+                       f'jaxseg derives ({", ".join(_DERIVED_SPLITS)}) or is no valid split name '
+                       '(letters, digits, _); rename the file.')
+    ids = checks.read_id_list(path)
+    if ids:
+      extra[name] = ids
+  if extra:
+    checks.check_disjoint({'VOC train.txt': splits['train']},
+                          {f'{name}.txt': ids for name, ids in extra.items()})
+  return extra
 
 
 def _extract_from(dl_manager, archive: epath.Path, find_root):
