@@ -159,27 +159,94 @@ def cmd_eval(args: argparse.Namespace) -> int:
   return 0
 
 
+def _check_predict_flags(args: argparse.Namespace) -> None:
+  """Flag values wrong whatever the model (before it loads), naming the flag."""
+  if args.tile_batch < 1:
+    raise ValueError(f'--tile-batch {args.tile_batch} must be >= 1 (windows per device pass)')
+  if args.max_canvas is not None and args.max_canvas < 0:
+    raise ValueError(f'--max-canvas {args.max_canvas} must be >= 0 (0 = never tile)')
+  for flag, value in (('--crop-size', args.crop_size), ('--stride', args.stride),
+                      ('--tile', args.tile), ('--tile-stride', args.tile_stride)):
+    if value is not None and min(value) < 1:
+      raise ValueError(f'{flag} {value[0]} {value[1]}: give two positive sizes (height width)')
+  if args.scales is not None and min(args.scales) <= 0:
+    raise ValueError(f'--scales {" ".join(map(str, args.scales))}: every scale must be > 0')
+  if args.mode and args.proposals:
+    raise ValueError(f'--mode {args.mode} and --proposals both set config.eval.mode; pass one '
+                     '(--proposals is eval.mode=proposals)')
+
+
+def _predict_mode_overrides(args: argparse.Namespace) -> None:
+  """--mode, --flip/--no-flip, --scales, --crop-size, --stride as config.eval fields."""
+  extra = []
+  if args.mode:
+    extra.append(('eval.mode', args.mode))
+  if args.flip is not None:
+    extra.append(('eval.flip', str(args.flip).lower()))
+  if args.scales is not None:
+    extra.append(('eval.scales', ','.join(map(str, args.scales))))
+  for field, value in (('eval.crop_size', args.crop_size), ('eval.stride', args.stride)):
+    if value is not None:
+      extra.append((field, f'{value[0]},{value[1]}'))
+  args.config_overrides = list(args.config_overrides) + extra
+
+
+def _check_predict_mode(args: argparse.Namespace, mode: str | None, crop: Any, stride: Any,
+                        max_canvas: int) -> None:
+  """The mode flags against the mode and windows they end up with: called with the flags alone
+  before the model loads (None: not known yet), and with the model's config.eval after."""
+  from jaxseg.inference import tiling  # pylint: disable=g-import-not-at-top
+  if mode is not None and args.scales is not None and mode != 'multiscale':
+    raise ValueError(f'--scales is used by eval.mode=multiscale; this prediction uses '
+                     f'eval.mode={mode}: add --mode multiscale')
+  if mode is not None and (args.crop_size or args.stride) and mode not in ('slide', 'multiscale'):
+    raise ValueError(f'--crop-size/--stride set the windows of --mode slide or multiscale; this '
+                     f'prediction uses eval.mode={mode} (the windows of tiled prediction are '
+                     '--tile/--tile-stride)')
+  if args.flip and mode == 'proposals':
+    raise ValueError("--flip is not used by eval.mode=proposals (DeconvNet's instance-wise "
+                     'inference); drop --flip or pass --mode whole|slide|multiscale')
+  if mode in (None, 'slide', 'multiscale') and crop is not None:
+    crop = tuple(int(v) for v in crop)
+    stride = crop if stride is None else tuple(int(v) for v in stride)  # Unknown: no check.
+    tiling.check_window(crop, stride, max_canvas,
+                        ('--crop-size' if args.crop_size else 'config.eval.crop_size',
+                         '--stride' if args.stride else 'config.eval.stride'))
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
   from jaxseg import inference  # pylint: disable=g-import-not-at-top
   from jaxseg.data import classes  # pylint: disable=g-import-not-at-top
-  from jaxseg.inference import files, images  # pylint: disable=g-import-not-at-top
+  from jaxseg.inference import files, images, tiling  # pylint: disable=g-import-not-at-top
   max_pixels = images.MAX_PIXELS if args.max_pixels is None else args.max_pixels
   if max_pixels < 0:
     raise ValueError(f'--max-pixels {max_pixels} must be >= 0 (0 = no limit)')
-  files.plan_outputs(args.input, args.output)  # Bad paths fail before the model loads.
+  _check_predict_flags(args)
+  max_canvas = tiling.MAX_CANVAS if args.max_canvas is None else args.max_canvas
+  _check_predict_mode(args, args.mode or ('proposals' if args.proposals else None),
+                      args.crop_size, args.stride, max_canvas)
+  files.plan_outputs(args.input, args.output, args.probs)  # Bad paths fail before the model loads.
   _inference_overrides(args)
+  _predict_mode_overrides(args)
   restored = _restore(args)
   config = restored.config
-  predictor = inference.predictor_from_config(config, restored.model, restored.variables,
-                                              bucket=args.bucket)
+  e = config.eval
+  _check_predict_mode(args, e.mode, e.crop_size, e.stride, max_canvas)
+  predictor = inference.predictor_from_config(
+      config, restored.model, restored.variables, bucket=args.bucket, max_canvas=max_canvas,
+      tile=args.tile, tile_stride=args.tile_stride, tile_batch=args.tile_batch)
   source = args.weights or f'step {restored.step}'
-  extras = ''.join(f', {k}' for k, on in (('CRF', config.eval.crf),
+  extras = ''.join(f', {k}' for k, on in (('flip', config.eval.flip), ('CRF', config.eval.crf),
                                             (f'ensemble with {config.eval.ensemble_with}',
                                              config.eval.ensemble_with)) if on)
   print(f'{config.model.name} {source}, eval.mode={config.eval.mode}{extras}')
+  if max_canvas:
+    (th, tw), (sh, sw) = predictor.tile, predictor.tile_stride
+    print(f'images whose canvas exceeds {max_canvas:,} pixels (--max-canvas) are tiled: windows '
+          f'of {th}x{tw} every {sh}x{sw}, {args.tile_batch} per pass')
   written = inference.predict_files(predictor, args.input, args.output,
                                     classes.palette_for(config.data.dataset),
-                                    max_pixels=max_pixels or None)
+                                    max_pixels=max_pixels or None, probs=args.probs)
   return 1 if written['failed'] else 0
 
 
@@ -288,7 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument('--config', help='recipe for --weights')
   p.add_argument('--weights', help=weights_help)
   p.add_argument('--input', required=True, nargs='+', help='image files or folders of images')
-  p.add_argument('--output', required=True, help='folder for <name>.png and <name>_overlay.png')
+  p.add_argument('--output', required=True,
+                 help='folder for <name>.png and <name>_overlay.png (and the --probs files)')
   p.add_argument('--checkpoint', type=checkpoint_arg, default='best')
   p.add_argument('--bucket', type=int, default=64,
                  help='pad images to multiples of this (fewer recompilations)')
@@ -296,6 +364,34 @@ def build_parser() -> argparse.ArgumentParser:
                  help='refuse (report and skip) images with more pixels, read from the file '
                  'header before decoding: a guard against decompression bombs (default '
                  "178,956,970 = jaxseg.inference.images.MAX_PIXELS, PIL's limit; 0 = no limit)")
+  p.add_argument('--probs', choices=('all', 'max'),
+                 help='also write the class probabilities: all = <name>_probs.npy, float32 '
+                 '(H, W, classes); max = <name>_confidence.npy, float32 (H, W), the predicted '
+                 "class's probability, and <name>_confidence.png, its heat map")
+  p.add_argument('--mode', choices=('whole', 'slide', 'multiscale'),
+                 help='inference mode (config.eval.mode; default: the model\'s)')
+  p.add_argument('--flip', action=argparse.BooleanOptionalAction, default=None,
+                 help='average with the horizontally flipped prediction (config.eval.flip)')
+  p.add_argument('--scales', type=float, nargs='+', metavar='S',
+                 help='scales of --mode multiscale (config.eval.scales), e.g. 0.5 0.75 1 1.25 '
+                 '1.5 1.75')
+  p.add_argument('--crop-size', '--crop_size', dest='crop_size', type=int, nargs=2,
+                 metavar=('H', 'W'), help='window of --mode slide/multiscale '
+                 '(config.eval.crop_size)')
+  p.add_argument('--stride', type=int, nargs=2, metavar=('H', 'W'),
+                 help='window stride of --mode slide/multiscale (config.eval.stride)')
+  p.add_argument('--max-canvas', '--max_canvas', dest='max_canvas', type=int, metavar='PIXELS',
+                 help='images whose padded canvas has more pixels are predicted window by '
+                 'window (--tile), so device memory is bounded by --tile-batch windows, not the '
+                 'image (default 4,194,304 = 2048 x 2048 = '
+                 'jaxseg.inference.tiling.MAX_CANVAS; 0 = never tile)')
+  p.add_argument('--tile', type=int, nargs=2, metavar=('H', 'W'),
+                 help='window of tiled prediction (default: config.eval.crop_size)')
+  p.add_argument('--tile-stride', '--tile_stride', dest='tile_stride', type=int, nargs=2,
+                 metavar=('H', 'W'), help='stride of tiled prediction (default: '
+                 'config.eval.stride with the eval crop, else 2/3 of --tile)')
+  p.add_argument('--tile-batch', '--tile_batch', dest='tile_batch', type=int, default=4,
+                 metavar='K', help='windows per device pass in tiled prediction (default 4)')
   _add_inference_flags(p)
   p.set_defaults(func=cmd_predict)
 

@@ -147,6 +147,15 @@ class Chain:
   def needs_windows(self) -> bool:
     return self.primary.mode == PROPOSALS
 
+  @property
+  def gives_probabilities(self) -> bool:
+    """Whether __call__ returns class probabilities (else raw scores: softmax them)."""
+    if self.crf is not None:
+      return True  # Mean-field marginals.
+    if self.partner is not None:
+      return self.rule == 'mean'  # 'product': scores x max(0, partner scores).
+    return self.primary.gives_probabilities
+
   def __call__(self, model: Any, variables: Any, pixels: jax.Array, sizes: jax.Array,
                windows: jax.Array, valid: jax.Array, partner_model: Any = None,
                partner_variables: Any = None) -> jax.Array:
