@@ -42,6 +42,23 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.eval_split = 'val'
   config.data.data_dir = ''  # TFDS data_dir; '' = TFDS default (~/tensorflow_datasets).
   config.data.manual_dir = ''  # Folder holding already downloaded/extracted sources.
+  # Your own data (dataset 'segmentation_folder', jaxseg/data/folder.py): images and masks paired
+  # by file name without extension. Relative folder_* paths are under config.data.folder.
+  config.data.folder = ''  # The dataset's root folder (an absolute path keeps workdirs portable).
+  config.data.folder_images = 'images'  # Image subfolder; VOC exports: JPEGImages.
+  config.data.folder_masks = 'masks'  # Mask subfolder; VOC exports: SegmentationClass.
+  # Class table: JSON, CSV (name,r,g,b or name,value rows), a CVAT/VOC labelmap.txt
+  # ('name:r,g,b::') or a names .txt (labelme2voc class_names.txt); '' = index masks whose values
+  # 0..max are the classes (named '0', '1', ...).
+  config.data.folder_classes = ''
+  config.data.folder_mask_format = 'auto'  # auto (by PIL mode) | index | palette | rgb (colours).
+  config.data.folder_ignore_value = 255  # Index/palette value that means ignore (255 always does).
+  config.data.folder_ignore_colour = ()  # RGB colour that means ignore, e.g. (0, 0, 0); () = none.
+  # Folder of split lists train.txt, val.txt (, test.txt, ...), one stem per line (VOC exports:
+  # ImageSets/Segmentation); '' = val is a seeded folder_val_fraction of the pairs.
+  config.data.folder_splits = ''
+  config.data.folder_val_fraction = 0.1
+  config.data.folder_split_seed = 0
   config.data.num_classes = 21
   config.data.ignore_label = 255
   config.data.normalization = 'imagenet'  # 'imagenet' (RGB mean/std) | 'caffe' (BGR, mean only, 0-255).

@@ -245,7 +245,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     print(f'images whose canvas exceeds {max_canvas:,} pixels (--max-canvas) are tiled: windows '
           f'of {th}x{tw} every {sh}x{sw}, {args.tile_batch} per pass')
   written = inference.predict_files(predictor, args.input, args.output,
-                                    classes.palette_for(config.data.dataset),
+                                    classes.spec_for_data(config.data).palette,
                                     max_pixels=max_pixels or None, probs=args.probs)
   return 1 if written['failed'] else 0
 

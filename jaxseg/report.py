@@ -35,6 +35,7 @@ def write_report(workdir: str | pathlib.Path, output: str | pathlib.Path | None 
     ValueError: a negative image count, or an unknown split.
   """
   from jaxseg import visualize  # pylint: disable=g-import-not-at-top  (matplotlib)
+  from jaxseg.data import classes  # pylint: disable=g-import-not-at-top
   if num_images < 0 or num_worst < 0:
     raise ValueError(f'--num_images ({num_images}) and --num_worst ({num_worst}) must be >= 0')
   workdir = pathlib.Path(workdir)
@@ -50,7 +51,8 @@ def write_report(workdir: str | pathlib.Path, output: str | pathlib.Path | None 
   output.mkdir(parents=True, exist_ok=True)
   config = visualize.read_config(workdir) if (workdir / visualize.CONFIG_FILE).is_file() else None
   dataset = config.data.dataset if config is not None else ''
-  palette = visualize.palette_for(dataset)
+  palette = (classes.spec_for_data(config.data).palette if config is not None
+             else visualize.palette_for(dataset))
 
   lines = [f'# jaxseg report: `{workdir}`', '']
   if config is not None:

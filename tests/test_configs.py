@@ -39,7 +39,7 @@ def test_recipe_matches_dataset_and_model_registry(name):
   from jaxseg import models
   from jaxseg.data import classes
   config = config_loading.load_config(EXPERIMENTS / name)
-  spec = classes.dataset_spec(config.data.dataset)
+  spec = classes.spec_for_data(config.data)
   assert config.data.num_classes == spec.num_classes
   assert config.model.name in models.MODEL_NAMES
   from jaxseg import train

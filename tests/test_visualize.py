@@ -32,7 +32,9 @@ def test_ignore_colour_is_distinct_from_every_class(dataset):
   palette = visualize.palette_for(dataset)
   n = classes.dataset_spec(dataset).num_classes
   colours = {tuple(c) for c in palette[:n]}
-  assert len(colours) == n and tuple(palette[255]) not in colours
+  # ADE20K's published table (semseg's ade20k_colors.txt) draws road and skyscraper alike.
+  repeats = {'ade20k': 1}.get(dataset, 0)
+  assert len(colours) == n - repeats and tuple(palette[255]) not in colours
 
 
 def test_colorize_and_overlay_errors():

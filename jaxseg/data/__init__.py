@@ -5,6 +5,7 @@
   'ade20k'                ADE20K SceneParsing 2016 (150 classes, 'other' -> 255); see ade20k.py
   'cityscapes_fine'       Cityscapes gtFine, 19 trainIds (255 = ignore); see cityscapes.py
   'synthetic_shapes'      the embedded procedural demo dataset (configs 'default', 'tiny')
+  'segmentation_folder'   your own images and masks (config.data.folder*); see folder.py
 
 Example features: image uint8 (H, W, 3), label uint8 (H, W) with 255 = ignore, id (text); VOC and
 synthetic_shapes also hold object instances (DeconvNet's object windows): instance uint8 (H, W, 1)
@@ -14,9 +15,10 @@ end exclusive} with entry k-1 describing instance k.
 from jaxseg.data import ade20k
 from jaxseg.data import camvid
 from jaxseg.data import cityscapes
+from jaxseg.data import folder
 from jaxseg.data import synthetic
 from jaxseg.data import voc
 from jaxseg.data.classes import DatasetSpec, dataset_spec, DATASET_NAMES
 
 __all__ = ['DatasetSpec', 'dataset_spec', 'DATASET_NAMES', 'ade20k', 'camvid', 'cityscapes',
-           'synthetic', 'voc']
+           'folder', 'synthetic', 'voc']

@@ -158,6 +158,24 @@ def dataset_spec(name: str) -> DatasetSpec:
   return _SPECS[base]
 
 
+def spec_for_data(data) -> DatasetSpec:
+  """The spec of the dataset config.data describes: what train, eval, predict and report show.
+
+  A registered dataset: `dataset_spec`. 'segmentation_folder': the user's class table
+  (config.data.folder_classes) and colours, or classes '0'.. (config.data.num_classes of them)
+  without a table (jaxseg.data.folder.folder_spec). Any other TFDS name: classes '0'.. and VOC's
+  palette, as `palette_for` / `class_names_for` give for unknown names.
+  """
+  base = data.dataset.split('/')[0].split(':')[0]
+  if base == 'segmentation_folder':
+    from jaxseg.data import folder  # pylint: disable=g-import-not-at-top  (imports TFDS)
+    return folder.folder_spec(data)
+  if base in _SPECS:
+    return _SPECS[base]
+  n = int(data.num_classes)
+  return DatasetSpec(n, tuple(str(i) for i in range(n)), IGNORE_LABEL, _frozen(voc_palette()))
+
+
 def palette_for(dataset: str) -> np.ndarray:
   """(256, 3) uint8 colours of a dataset's labels (row 255: ignore); VOC's for unknown names."""
   try:

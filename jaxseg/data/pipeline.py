@@ -50,6 +50,7 @@ import tensorflow_datasets as tfds  # noqa: E402
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # noqa: E402
 
 from jaxseg.data import augment  # noqa: E402
+from jaxseg.data import folder  # noqa: E402
 from jaxseg.data import windows  # noqa: E402
 
 try:  # TF must leave accelerators to JAX.
@@ -123,18 +124,27 @@ def load_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
 
   Reads from config.data.data_dir ('' = TFDS default); when the dataset is not prepared yet it is
   built there, from config.data.manual_dir when given (already downloaded sources).
+  'segmentation_folder' is the folder config.data.folder with the config.data.folder_* options
+  (jaxseg.data.folder.builder_config: a changed file or option is a new TFDS config).
   """
   import jaxseg.data  # noqa: F401  Registers jaxseg's builders.
   name = config.data.dataset
+  kwargs = {'data_dir': config.data.data_dir or None}
+  if name.split('/')[0].split(':')[0] == folder.NAME:
+    if name != folder.NAME:
+      raise ValueError(f'config.data.dataset={name!r}: use {folder.NAME!r} alone; the folder and '
+                       'its options are the config.data.folder* fields.')
+    kwargs['config'] = folder.builder_config(config.data)
   try:
-    builder = tfds.builder(name, data_dir=config.data.data_dir or None)
+    builder = tfds.builder(name, **kwargs)
   except tfds.core.DatasetNotFoundError as e:
     raise ValueError(
         f'config.data.dataset={name!r} is not a registered TFDS dataset; jaxseg provides '
-        "'voc2012_segmentation', 'camvid' and 'synthetic_shapes'.") from e
+        "'voc2012_segmentation', 'ade20k', 'cityscapes_fine', 'camvid', 'synthetic_shapes' and "
+        "'segmentation_folder' (your own images and masks: config.data.folder).") from e
   if not builder.is_prepared():
     _prepare_once(builder, config)
-    builder = tfds.builder(name, data_dir=config.data.data_dir or None)  # Reads what was written.
+    builder = tfds.builder(name, **kwargs)  # Reads what was written.
   missing = {'image', 'label'} - set(builder.info.features.keys())
   if missing:
     raise ValueError(f'config.data.dataset={name!r} has no feature(s) {sorted(missing)}; '

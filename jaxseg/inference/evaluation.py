@@ -181,8 +181,9 @@ def evaluate(config: ml_collections.ConfigDict, model: Any, variables: Any, mesh
   scores = metrics.scores_from_confusion(total)
   results = dict(scores)
   results['confusion_matrix'] = total
-  results['class_names'] = classes.class_names_for(config.data.dataset,
-                                                   config.data.num_classes)
+  names = list(classes.spec_for_data(config.data).class_names)
+  n = int(config.data.num_classes)
+  results['class_names'] = names if len(names) == n else [str(i) for i in range(n)]
   results['split'] = split
   results['per_image'] = []
   if per_image:

@@ -206,7 +206,7 @@ def write_examples(config: ml_collections.ConfigDict, predictor: Predictor,
   """<id>.png, <id>_overlay.png, <id>_image.png and <id>_truth.png for a split's first examples."""
   from jaxseg.data import pipeline  # pylint: disable=g-import-not-at-top  (imports TF)
   builder = pipeline.load_builder(config)
-  palette = classes.palette_for(config.data.dataset)
+  palette = classes.spec_for_data(config.data).palette
   output.mkdir(parents=True, exist_ok=True)
   written = []
   ds = builder.as_dataset(split=f'{split or config.data.eval_split}[:{count}]')

@@ -31,9 +31,10 @@ def dataset_config(dataset: str = 'synthetic_shapes/tiny', data_dir: str = '',
             'synthetic_shapes': ('train', 'val')}
   train_split, eval_split = splits.get(base, ('train', 'val'))
   config.data.update(dict(dataset=dataset, data_dir=data_dir, manual_dir=manual_dir,
-                          num_classes=classes.dataset_spec(dataset).num_classes,
                           train_split=train_split, eval_split=eval_split))
   config.data.update(data_fields)
+  if 'num_classes' not in data_fields:
+    config.data.num_classes = classes.spec_for_data(config.data).num_classes
   return config
 
 
