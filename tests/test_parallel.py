@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import flax.linen as nn
 import jax
@@ -150,29 +151,41 @@ def _free_port():
 
 
 def start_processes(script, args, cwd, count=2):
-  """`script args` as processes 0..count-1 of a jax.distributed job on loopback."""
+  """`script args` as processes 0..count-1 of a jax.distributed job on loopback.
+
+  Each process writes its output to a file (cwd/process_<pid>_<port>.log), not a pipe: with pipes, a
+  process whose undrained pipe fills (64 KiB of logs and progress bars) blocks in write() while
+  its peer waits for it in a collective, and both hang until the time-out.
+  """
   port = _free_port()
   procs = []
   for pid in range(count):
     env = dict(os.environ, JAX_COORDINATOR_ADDRESS=f'localhost:{port}',
                JAX_NUM_PROCESSES=str(count), JAX_PROCESS_ID=str(pid), JAX_PLATFORMS='cpu')
-    procs.append(subprocess.Popen([sys.executable, str(script), *map(str, args)], env=env,
-                                  cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                  text=True))
+    log = pathlib.Path(cwd) / f'process_{pid}_{port}.log'
+    with open(log, 'w') as out:
+      proc = subprocess.Popen([sys.executable, str(script), *map(str, args)], env=env, cwd=cwd,
+                              stdout=out, stderr=subprocess.STDOUT, text=True)
+    proc.log_path = log
+    procs.append(proc)
   return procs
 
 
 def wait_for(procs, timeout=600):
   """(return codes, logs) of processes from start_processes; kills them all on a time-out."""
-  logs = []
+  deadline = time.monotonic() + timeout
   for proc in procs:
     try:
-      logs.append(proc.communicate(timeout=timeout)[0])
+      proc.wait(timeout=max(deadline - time.monotonic(), 1))
     except subprocess.TimeoutExpired:
       for p in procs:
         p.kill()
-      raise
-  return [p.returncode for p in procs], logs
+      for p in procs:
+        p.wait()
+      tails = ''.join(f'\n--- process {i} ---\n{p.log_path.read_text()[-3000:]}'
+                      for i, p in enumerate(procs))
+      raise AssertionError(f'processes still running after {timeout} s:{tails}') from None
+  return [p.returncode for p in procs], [p.log_path.read_text() for p in procs]
 
 
 def run_two_processes(tmp_path, worker_source, out, reference):
